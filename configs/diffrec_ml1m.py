@@ -1,0 +1,35 @@
+"""DiffRec on ML-1M clean with the reference's best hyperparameters (spec section 10).
+
+    python experiments/main.py --config=configs/diffrec_ml1m.py \
+        --config.data.dir=../shared/data/diffrec/ml-1m_clean --workdir=runs/diffrec_ml1m
+
+lr 1e-3, dims [200, 600], emb 10, T=40, noise_scale 0.005, noise_min 0.005, noise_max 0.01,
+x0 prediction, reweight, sampling_steps 0, no sampling noise, batch 400, up to 1000 epochs with
+evaluation every 5 and early stopping after 20 epochs without a better validation Recall@20.
+"""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.data.source = "diffrec_npy"
+    c.data.dir = "../shared/data/diffrec/ml-1m_clean"
+    c.model.name = "diffrec"
+    c.model.dims = (200, 600)
+    c.model.emb_size = 10
+    c.diffusion.steps = 40
+    c.diffusion.noise_scale = 0.005
+    c.diffusion.noise_min = 0.005
+    c.diffusion.noise_max = 0.01
+    c.diffusion.mean_type = "x0"
+    c.diffusion.reweight = True
+    c.sampling.steps = 0
+    c.sampling.noise = False
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 0.0
+    c.train.batch_size = 400
+    c.train.num_epochs = 1000
+    c.train.eval_every_epochs = 5
+    c.train.patience_epochs = 20
+    return c

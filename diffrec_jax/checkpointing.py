@@ -45,6 +45,20 @@ class Checkpointer:
         )
         return out["state"], dict(out["meta"])
 
+    def restore_untyped(self, step: int | None = None) -> tuple[Any, dict]:
+        """Restores ``(state, meta)`` without a target: nested dicts of arrays, as saved.
+
+        Useful to inspect a run or to load the best parameters without rebuilding the model.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+        return out["state"], dict(out["meta"])
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -57,12 +57,14 @@ def _t_batch(t, x):
 def spaced_timesteps(num_train_steps: int, num_steps: int | None) -> np.ndarray:
     """Descending, evenly spaced sub-sequence of ``{0..T-1}`` of length ``num_steps`` (all if None).
 
-    It always contains ``T-1`` and ``0``.
+    It always contains ``T-1`` and ``0`` (just ``T-1``, the noisiest step, when ``num_steps`` is 1).
     """
     if num_steps is None or num_steps >= num_train_steps:
         return np.arange(num_train_steps - 1, -1, -1, dtype=np.int32)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if num_steps == 1:  # a single step must start from the noise, not from t = 0
+        return np.array([num_train_steps - 1], dtype=np.int32)
     ts = np.unique(np.round(np.linspace(0, num_train_steps - 1, num_steps)).astype(np.int32))
     return ts[::-1].copy()
 
@@ -350,7 +352,8 @@ def probability_flow_ode(
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     if isinstance(schedule, VESchedule):
         L = schedule.num_steps
-        idx = spaced_timesteps(L, num_steps)[::-1].copy()  # ascending level = decreasing sigma
+        # ascending level = decreasing sigma; step T-1 (noisiest) <-> level 0
+        idx = (L - 1 - spaced_timesteps(L, num_steps)).astype(np.int32)
         sig_ext = jnp.concatenate([schedule.sigmas, jnp.zeros((1,), jnp.float32)])
         nxt = np.append(idx[1:], L).astype(np.int32)  # index L -> sigma 0
 

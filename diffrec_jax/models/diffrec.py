@@ -67,8 +67,8 @@ class DiffRec:
 
     name = "diffrec"
 
-    def __init__(self, config, n_items: int):
-        self.n_items = int(n_items)
+    def __init__(self, config, data):
+        self.n_items = int(data.n_items)
         self.mcfg = config.model
         self.dcfg = config.diffusion
         self.scfg = config.sampling

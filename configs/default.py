@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.path = ""  # movielens: explicit u.data / ratings.dat path (overrides dir)
     c.data.min_rating = ml_collections.config_dict.placeholder(float)  # movielens: keep ratings >= this
     c.data.split = (0.7, 0.2, 0.1)  # movielens: per-user temporal train/valid/test shares
+    c.data.time_weights = ()  # T-DiffRec: (w_min, w_max) chronological weights of train rows; () off
     c.data.synthetic = ml_collections.ConfigDict()
     c.data.synthetic.n_users = 1000  # synthetic users
     c.data.synthetic.n_items = 500  # synthetic items

@@ -30,6 +30,7 @@ from diffrec_jax import metrics as M
 from diffrec_jax import models
 from diffrec_jax.checkpointing import Checkpointer
 from diffrec_jax.data import InteractionData, load_diffrec_npy, load_movielens, make_synthetic
+from diffrec_jax.data.temporal import with_time_weights
 
 
 log = logging.getLogger("diffrec_jax")
@@ -58,16 +59,23 @@ def load_data(dcfg) -> InteractionData:
     """
     source = dcfg.source
     if source == "synthetic":
-        return make_synthetic(**dict(dcfg.synthetic))
-    if source == "diffrec_npy":
-        return load_diffrec_npy(dcfg.dir)
-    if source == "movielens":
-        return load_movielens(
+        data = make_synthetic(**dict(dcfg.synthetic))
+    elif source == "diffrec_npy":
+        data = load_diffrec_npy(dcfg.dir)
+    elif source == "movielens":
+        data = load_movielens(
             dcfg.get("path") or dcfg.dir, min_rating=dcfg.get("min_rating"), split=tuple(dcfg.split)
         )
-    raise ValueError(
-        f"config.data.source: unknown source {source!r}; choose synthetic, diffrec_npy or movielens"
-    )
+    else:
+        raise ValueError(
+            f"config.data.source: unknown source {source!r}; choose synthetic, diffrec_npy or movielens"
+        )
+    tw = dcfg.get("time_weights")
+    if tw:
+        if len(tw) != 2:
+            raise ValueError(f"config.data.time_weights must be (w_min, w_max), got {tw}")
+        data = with_time_weights(data, float(tw[0]), float(tw[1]))
+    return data
 
 
 def make_optimizer(ocfg) -> optax.GradientTransformation:

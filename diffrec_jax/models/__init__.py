@@ -17,12 +17,21 @@ Every interaction model is a class ``Model(config, data)`` following one contrac
 
 from __future__ import annotations
 
-from diffrec_jax.models import diffrec as _diffrec
+import importlib
+
 from diffrec_jax.models.diffrec import DiffRec
 from diffrec_jax.models.mlp import DiffRecDenoiser, count_params, timestep_embedding
 
-_REGISTRY = {
-    "diffrec": (DiffRec, _diffrec.validate_config),
+# name -> "module:Class"; modules are imported when a config asks for the model. A class may
+# define a static ``validate_config(config)`` that refuses bad settings naming the field.
+_REGISTRY: dict = {
+    "diffrec": "diffrec_jax.models.diffrec:DiffRec",
+    "ldiffrec": "diffrec_jax.models.ldiffrec:LDiffRec",
+    "ease": "diffrec_jax.models.baselines:EASE",
+    "itemknn": "diffrec_jax.models.baselines:ItemKNN",
+    "rp3beta": "diffrec_jax.models.baselines:RP3beta",
+    "multvae": "diffrec_jax.models.multvae:MultVAE",
+    "lightgcn": "diffrec_jax.models.lightgcn:LightGCN",
 }
 
 
@@ -32,26 +41,32 @@ def available() -> list[str]:
 
 def validate_config(config) -> None:
     """Checks the model-specific fields of ``config`` (raises ValueError naming the field)."""
-    _lookup(config.model.name)[1](config)
+    cls = get_class(config.model.name)
+    if hasattr(cls, "validate_config"):
+        cls.validate_config(config)
 
 
 def get_model(config, data):
     """Instantiates ``config.model.name`` for a dataset (an :class:`InteractionData`)."""
-    cls, validate = _lookup(config.model.name)
-    validate(config)
-    return cls(config, data)
+    validate_config(config)
+    return get_class(config.model.name)(config, data)
 
 
-def register(name: str, cls, validate=None) -> None:
-    """Registers a model class ``cls(config, data)`` under ``name`` (``validate(config)`` optional)."""
-    _REGISTRY[name] = (cls, validate or (lambda config: None))
+def register(name: str, cls) -> None:
+    """Registers a model class ``cls(config, data)`` (or a ``"module:Class"`` string) under ``name``."""
+    _REGISTRY[name] = cls
 
 
-def _lookup(name: str):
+def get_class(name: str):
+    """The model class registered under ``name``."""
     try:
-        return _REGISTRY[name]
+        entry = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"config.model.name: unknown model {name!r}; available: {available()}") from None
+    if isinstance(entry, str):
+        module, cls = entry.split(":")
+        entry = getattr(importlib.import_module(module), cls)
+    return entry
 
 
 __all__ = ["DiffRec", "DiffRecDenoiser", "available", "count_params", "get_model", "timestep_embedding"]

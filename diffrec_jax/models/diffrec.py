@@ -78,6 +78,35 @@ class DiffRec:
         self.mean_type = self.dcfg.mean_type
         self.graphdef = None
 
+    @staticmethod
+    def validate_config(config: Any) -> None:
+        """Refuses DiffRec settings that make no sense, naming the field."""
+        d = config.diffusion
+        if int(d.steps) < 1:
+            raise ValueError(f"config.diffusion.steps must be >= 1, got {d.steps}")
+        if d.noise_scale < 0:
+            raise ValueError(f"config.diffusion.noise_scale must be >= 0, got {d.noise_scale}")
+        if d.noise_scale > 0 and d.schedule in ("diffrec", "linear-var", "linear"):
+            if not d.noise_min < d.noise_max:
+                raise ValueError(
+                    f"config.diffusion.noise_min ({d.noise_min}) must be < "
+                    f"config.diffusion.noise_max ({d.noise_max})"
+                )
+        if d.mean_type not in dif.MEAN_TYPES:
+            raise ValueError(f"config.diffusion.mean_type must be one of {dif.MEAN_TYPES}, got {d.mean_type!r}")
+        if d.timestep_sampling not in ("uniform", "importance"):
+            raise ValueError(
+                "config.diffusion.timestep_sampling must be 'uniform' or 'importance', "
+                f"got {d.timestep_sampling!r}"
+            )
+        if not 0 <= config.sampling.steps <= d.steps:
+            raise ValueError(
+                f"config.sampling.steps must be in [0, config.diffusion.steps={d.steps}], "
+                f"got {config.sampling.steps}"
+            )
+        if not 0.0 <= config.model.dropout < 1.0:
+            raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}")
+
     def make_denoiser(self, key: jax.Array) -> DiffRecDenoiser:
         m = self.mcfg
         return DiffRecDenoiser(
@@ -141,31 +170,3 @@ class DiffRec:
             mean_type=self.mean_type,
         )
 
-
-def validate_config(config: Any) -> None:
-    """Refuses DiffRec settings that make no sense, naming the field."""
-    d = config.diffusion
-    if int(d.steps) < 1:
-        raise ValueError(f"config.diffusion.steps must be >= 1, got {d.steps}")
-    if d.noise_scale < 0:
-        raise ValueError(f"config.diffusion.noise_scale must be >= 0, got {d.noise_scale}")
-    if d.noise_scale > 0 and d.schedule in ("diffrec", "linear-var", "linear"):
-        if not d.noise_min < d.noise_max:
-            raise ValueError(
-                f"config.diffusion.noise_min ({d.noise_min}) must be < "
-                f"config.diffusion.noise_max ({d.noise_max})"
-            )
-    if d.mean_type not in dif.MEAN_TYPES:
-        raise ValueError(f"config.diffusion.mean_type must be one of {dif.MEAN_TYPES}, got {d.mean_type!r}")
-    if d.timestep_sampling not in ("uniform", "importance"):
-        raise ValueError(
-            "config.diffusion.timestep_sampling must be 'uniform' or 'importance', "
-            f"got {d.timestep_sampling!r}"
-        )
-    if not 0 <= config.sampling.steps <= d.steps:
-        raise ValueError(
-            f"config.sampling.steps must be in [0, config.diffusion.steps={d.steps}], "
-            f"got {config.sampling.steps}"
-        )
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}")

@@ -13,8 +13,8 @@ def time_weighted(csr: CSR, w_min: float, w_max: float) -> CSR:
     """Replaces each row's values by ``linspace(w_min, w_max, n_u)`` in the row's stored order.
 
     The rows of the DiffRec files (and of our MovieLens loader) are chronological, so the oldest
-    interaction gets ``w_min`` and the newest ``w_max``; a single interaction gets ``w_max``
-    (``linspace`` with one point gives its start, so we special-case it to the newest weight).
+    interaction gets ``w_min`` and the newest ``w_max``; a row with a single interaction gets
+    ``w_min``, as ``linspace`` with one point (and the reference) gives.
 
     Args:
       csr: rows in chronological order.
@@ -28,7 +28,7 @@ def time_weighted(csr: CSR, w_min: float, w_max: float) -> CSR:
     starts = np.repeat(csr.indptr[:-1], lengths)
     pos = np.arange(csr.nnz, dtype=np.int64) - starts
     denom = np.repeat(np.maximum(lengths - 1, 1), lengths).astype(np.float64)
-    frac = np.where(np.repeat(lengths, lengths) > 1, pos / denom, 1.0)
+    frac = pos / denom  # 0 for a single-entry row
     values = (w_min + (w_max - w_min) * frac).astype(np.float32)
     return CSR(csr.indptr, csr.indices, values, csr.n_items)
 

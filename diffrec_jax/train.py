@@ -165,7 +165,10 @@ def make_eval_step(model, ks):
         x_train, truth_valid, truth_test = dd
         x = x_train[idx_B]
         keys = jax.vmap(lambda u: jax.random.fold_in(key, u))(idx_B)  # per-user randomness
-        scores = model.score(params, model_state, x, keys)
+        if getattr(model, "needs_user_ids", False):
+            scores = model.score(params, model_state, x, keys, user_ids_B=idx_B)
+        else:
+            scores = model.score(params, model_state, x, keys)
         seen = x > 0
         tv = truth_valid[idx_B]
         tt = truth_test[idx_B]
@@ -225,8 +228,10 @@ def make_train_step(model, tx):
     def step_fn(state: TrainState, x_train, idx_B, mask_B, key):
         x = x_train[idx_B]
 
+        extra = {"user_ids_B": idx_B} if getattr(model, "needs_user_ids", False) else {}
+
         def loss_fn(params):
-            return model.loss(params, state.model_state, x, mask_B, key)
+            return model.loss(params, state.model_state, x, mask_B, key, **extra)
 
         (loss, (model_state, _aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampling = ml_collections.ConfigDict()
     c.sampling.steps = 0  # noise the start point to step steps-1 (0: start from the clean row)
     c.sampling.noise = False  # add noise in the reverse steps
+    c.sampling.fast = True  # DiffRec: run the deterministic chain in the projected space (same result)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # adamw | adam | sgd

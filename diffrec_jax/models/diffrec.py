@@ -156,17 +156,98 @@ class DiffRec:
         return loss, (new_hist, {})
 
     def score(self, params, hist, x_BxI, key):
-        """Reverse diffusion from the user's row (spec section 6); returns ``[B, I]`` scores."""
+        """Reverse diffusion from the user's row (spec section 6); returns ``[B, I]`` scores.
+
+        Uses :func:`projected_reverse` (the same numbers with about 3.8x fewer FLOPs on ML-1M)
+        when ``sampling.fast`` is set and the chain is deterministic, else the generic sampler.
+        """
         denoise_fn = self._denoise_fn(params)
         if self.noise_free:
             return samplers.iterate_denoiser(denoise_fn, x_BxI, self.num_steps)
+        x = x_BxI
+        if self.scfg.steps > 0:  # noised start point, exactly as diffrec_reverse draws it
+            keys_B = samplers.batch_keys(key, x.shape[0])
+            z = samplers.normal_per_example(keys_B, self.num_steps, x.shape, x.dtype)
+            t_B = jnp.full((x.shape[0],), self.scfg.steps - 1, jnp.int32)
+            x = dif.q_sample(self.schedule, x, t_B, z)
+        if self.scfg.get("fast", True) and projected_reverse_applies(self):
+            return projected_reverse(nnx.merge(self.graphdef, params), self.schedule, x)
         return samplers.diffrec_reverse(
             denoise_fn,
             self.schedule,
-            x_BxI,
+            x,
             key,
-            sampling_steps=self.scfg.steps,
+            sampling_steps=0,
             sampling_noise=self.scfg.noise,
             mean_type=self.mean_type,
         )
 
+
+def projected_reverse_applies(model: DiffRec) -> bool:
+    """Whether :func:`projected_reverse` computes exactly DiffRec's deterministic chain."""
+    return (
+        not model.scfg.noise
+        and model.mean_type == "x0"
+        and not model.mcfg.norm
+        and model.schedule is not None
+    )
+
+
+def projected_reverse(denoiser: DiffRecDenoiser, schedule: schedules.Schedule, x_BxI: jnp.ndarray):
+    """DiffRec's deterministic reverse chain, computed in the first layer's projected space.
+
+    Without sampling noise the chain is linear in the denoiser output:
+    ``x_{t-1} = c1_t f(x_t, t) + c2_t x_t``, and ``x`` enters the next call only through the first
+    layer, ``W_x^T x`` (``W_x``: the ``I x H`` rows of the first kernel that multiply ``x``). With
+    ``f = W_o^T a + b_o`` (``a``: the last hidden activation) the projection obeys
+
+        ``h_{t-1} = c1_t (a_t (W_o W_x) + b_o W_x) + c2_t h_t``,   ``h = x W_x``,
+
+    so each step costs ``H_last x H`` instead of the two ``I``-wide layers. Only the last step
+    (``t = 0``, where ``c1 = 1`` and ``c2 = 0``) goes through the full output layer. On ML-1M
+    (I = 2810, dims 200/600) that is 0.96 M instead of 3.62 M multiply-adds per user per step.
+    The result equals the generic sampler up to floating-point reassociation.
+
+    Args:
+      denoiser: the (merged) :class:`DiffRecDenoiser`.
+      schedule: the diffusion schedule (``posterior_mean_coef2[0]`` must be 0, true for any
+        schedule built by :func:`diffrec_jax.schedules.from_betas`).
+      x_BxI: start points ``[B, I]``.
+
+    Returns:
+      ``[B, I]`` scores, as :func:`diffrec_jax.samplers.diffrec_reverse` with ``mean_type="x0"``.
+    """
+    from diffrec_jax.models.mlp import activation, timestep_embedding
+
+    act = activation(denoiser.act_name)
+    n_items = x_BxI.shape[-1]
+    first = denoiser.in_layers[0]
+    w_first = first.kernel[...]
+    w_x, w_emb = w_first[:n_items], w_first[n_items:]
+    last = denoiser.out_layers[-1]
+    w_out, b_out = last.kernel[...], last.bias[...]
+    m_proj = w_out @ w_x  # [H_last, H]
+    c_proj = b_out @ w_x  # [H]
+
+    def hidden(h_pre, t):
+        """Last hidden activation given the first layer's x-projection ``h_pre``."""
+        t_B = jnp.full((h_pre.shape[0],), t, jnp.int32)
+        emb = denoiser.emb_layer(timestep_embedding(t_B, denoiser.emb_size))
+        h = act(h_pre + emb @ w_emb + first.bias[...])
+        for layer in list(denoiser.in_layers)[1:]:
+            h = act(layer(h))
+        for layer in list(denoiser.out_layers)[:-1]:
+            h = act(layer(h))
+        return h
+
+    def step(hx, t):
+        a = hidden(hx, t)
+        hx = schedule.posterior_mean_coef1[t] * (a @ m_proj + c_proj) + (
+            schedule.posterior_mean_coef2[t] * hx
+        )
+        return hx, None
+
+    T = schedule.num_steps
+    hx, _ = jax.lax.scan(step, x_BxI @ w_x, jnp.arange(T - 1, 0, -1, dtype=jnp.int32))
+    # t = 0: c1 = 1, c2 = 0, so the output is the model's x0 prediction itself.
+    return schedule.posterior_mean_coef1[0] * (hidden(hx, 0) @ w_out + b_out)

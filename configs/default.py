@@ -12,6 +12,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "interactions"  # interactions (user rows) | sequential (next item from a history)
     c.seed = 1  # seeds init, data order (with the epoch) and every PRNG key (with the step)
 
     c.data = ml_collections.ConfigDict()

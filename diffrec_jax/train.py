@@ -457,3 +457,16 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+def run(config, workdir: str) -> dict:
+    """Dispatches on ``config.task``: ``interactions`` (this module) or ``sequential``
+    (:mod:`diffrec_jax.seq_train`, next-item models over histories)."""
+    task = config.get("task", "interactions")
+    if task == "interactions":
+        return train_and_evaluate(config, workdir)
+    if task == "sequential":
+        from diffrec_jax import seq_train
+
+        return seq_train.train_and_evaluate(config, workdir)
+    raise ValueError(f"config.task must be 'interactions' or 'sequential', got {task!r}")

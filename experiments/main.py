@@ -29,7 +29,7 @@ def main(argv):
     # Orbax logs every save at INFO through absl; keep the library's own progress lines only.
     logging.set_verbosity(logging.WARNING)
     std_logging.getLogger("diffrec_jax").setLevel(std_logging.INFO)
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = train.run(_CONFIG.value, _WORKDIR.value)
     keys = [k for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20") if k in results["test"]]
     print(
         f"best epoch {results['best_epoch']}: test "

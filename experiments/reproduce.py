@@ -62,7 +62,7 @@ def main(argv):
         cfg = base.copy_and_resolve_references()
         with cfg.unlocked():
             cfg.seed = int(s)
-        runs.append(train.train_and_evaluate(cfg, wd))
+        runs.append(train.run(cfg, wd))
     model, dataset = runs[0]["model"], runs[0]["dataset"]
     summ = summarize(runs)
     paper = PAPER.get((model, dataset), {})

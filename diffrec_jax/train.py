@@ -359,9 +359,9 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
         "train_time_s": 0.0,
         "eval_time_s": 0.0,
     }
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, meta = ckpt.restore(latest, jax.eval_shape(lambda: state))
+    restored = ckpt.restore_latest(jax.eval_shape(lambda: state))  # skips corrupt steps, warns
+    if restored is not None:
+        _, state, meta = restored
         log.info("resumed from epoch %d (step %d)", meta["epoch"], int(state.step))
     writer.truncate_after(meta["epoch"])
 

@@ -37,6 +37,7 @@ __all__ = [
 PathLike = str | os.PathLike
 
 _NPY_MAGIC = b"\x93NUMPY"
+_MAX_ID = 2**31  # item ids are stored as int32; larger ids cannot be dense indices
 _DIFFREC_FILES = ("train_list.npy", "valid_list.npy", "test_list.npy")
 _SPLITS = ("train", "valid", "test")
 
@@ -495,6 +496,32 @@ def validate(data: InteractionData, *, source: str | None = None) -> None:
 # --------------------------------------------------------------------------- #
 
 
+def _read_npy_header(f: Any, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Parse a .npy header (``f`` positioned after the magic string), without reading data.
+
+    Returns:
+        ``(shape, dtype, data_offset)``.
+
+    Raises:
+        DataError: unsupported version or malformed header.
+    """
+    version = f.read(2)
+    if len(version) != 2 or (version[0], version[1]) not in ((1, 0), (2, 0), (3, 0)):
+        raise DataError(f"{path}: not a valid .npy file (unsupported format version {version!r})")
+    reader = (
+        np.lib.format.read_array_header_1_0
+        if version[0] == 1
+        else np.lib.format.read_array_header_2_0  # 3.0 only differs for non-ASCII field names
+    )
+    try:
+        shape, _fortran, dtype = reader(f)
+    except (ValueError, TypeError, SyntaxError, EOFError, KeyError) as e:
+        raise DataError(f"{path}: not a valid .npy file (corrupt header): {e}") from e
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise DataError(f"{path}: not a valid .npy file (bad shape {shape!r} in header)")
+    return tuple(shape), np.dtype(dtype), f.tell()
+
+
 def _load_npy(path: Path) -> np.ndarray:
     """Load one .npy file without pickle, turning every failure into DataError.
 
@@ -512,10 +539,24 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             magic = f.read(len(_NPY_MAGIC))
+            if magic != _NPY_MAGIC:
+                raise DataError(f"{path}: not a valid .npy file (bad magic bytes {magic!r})")
+            header = _read_npy_header(f, path)
+            file_size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise DataError(f"{path}: cannot read file: {e}") from e
-    if magic != _NPY_MAGIC:
-        raise DataError(f"{path}: not a valid .npy file (bad magic bytes {magic!r})")
+    shape, dtype, data_offset = header
+    if dtype.hasobject:
+        raise DataError(f"{path}: refusing to load pickled data (object dtype {dtype})")
+    # Check the size before np.load allocates: a header may declare an enormous shape.
+    want = math.prod(shape) * dtype.itemsize
+    have = file_size - data_offset
+    if have != want:
+        what = "truncated" if have < want else "trailing bytes after the array"
+        raise DataError(
+            f"{path}: not a valid .npy file (corrupt or truncated: {what}): the header declares "
+            f"shape {shape} of {dtype} = {want} data bytes, the file holds {have}"
+        )
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -525,7 +566,7 @@ def _load_npy(path: Path) -> np.ndarray:
                 f"{path}: refusing to load pickled data (object array; allow_pickle=False): {msg}"
             ) from e
         raise DataError(f"{path}: not a valid .npy file (corrupt or truncated): {msg}") from e
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, MemoryError) as e:
         raise DataError(f"{path}: not a valid .npy file (corrupt or truncated): {e}") from e
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected a single array in .npy format, got {type(arr).__name__}")
@@ -548,7 +589,7 @@ def _check_pair_array(arr: np.ndarray, path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: wrong shape {arr.shape}, expected (N, 2) rows of (user_id, item_id)"
         )
-    if not np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype.kind not in "iu":  # not issubdtype(integer): timedelta64 would pass that
         kind = "float" if np.issubdtype(arr.dtype, np.floating) else "non-integer"
         raise DataError(
             f"{path}: {kind} dtype {arr.dtype}, expected integer ids; refusing to cast "
@@ -565,6 +606,13 @@ def _check_pair_array(arr: np.ndarray, path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: {int(neg.sum())} negative id(s); first at row {r}: "
             f"(user {arr[r, 0]}, item {arr[r, 1]}); ids must be 0-based"
+        )
+    big = arr >= _MAX_ID
+    if big.any():
+        r = int(np.argmax(big.any(axis=1)))
+        raise DataError(
+            f"{path}: id too large at row {r}: (user {arr[r, 0]}, item {arr[r, 1]}); ids must be "
+            f"dense 0-based indices below 2**31 (item ids are stored as int32)"
         )
     return arr
 
@@ -644,12 +692,19 @@ def load_diffrec_npy(data_dir: PathLike, *, name: str | None = None) -> Interact
             )
         if not np.issubdtype(emb.dtype, np.floating):
             raise DataError(f"{emb_path}: item_emb must be floating point, got dtype {emb.dtype}")
-        item_emb = emb.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, refused below
+            item_emb = emb.astype(np.float32)
         _validate_item_emb(item_emb, n_items, str(emb_path))
 
-    csrs = {
-        s: CSR.from_pairs(arrays[s][:, 0], arrays[s][:, 1], n_users, n_items) for s in _SPLITS
-    }
+    try:
+        csrs = {
+            s: CSR.from_pairs(arrays[s][:, 0], arrays[s][:, 1], n_users, n_items) for s in _SPLITS
+        }
+    except MemoryError as e:
+        raise DataError(
+            f"{paths['train']}: ids imply {n_users} users x {n_items} items, too many to hold "
+            f"({e}); ids must be dense 0-based indices"
+        ) from e
     data = InteractionData(
         name=name if name is not None else data_dir.resolve().name,
         n_users=n_users,
@@ -826,7 +881,12 @@ def _parse_movielens(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
             ) from None
         if not math.isfinite(r):
             raise DataError(f"{path}: line {i}: non-finite rating {parts[2]!r}")
-        users[k], items[k], ratings[k], stamps[k], linenos[k] = u, it, r, ts, i
+        try:
+            users[k], items[k], ratings[k], stamps[k], linenos[k] = u, it, r, ts, i
+        except OverflowError:
+            raise DataError(
+                f"{path}: line {i}: user, item or timestamp outside the int64 range: {line[:80]!r}"
+            ) from None
         k += 1
     return users[:k], items[:k], ratings[:k], stamps[:k], linenos[:k]
 

@@ -1,0 +1,496 @@
+"""Training and evaluation loop for sequential (next-item) models: ``train_and_evaluate(config, workdir)``.
+
+Same conventions as :mod:`diffrec_jax.train`:
+
+* Data order is a pure function of ``(seed, epoch)``, PRNG keys of ``(seed, step)``; with the Orbax
+  checkpoint written after every evaluation, a resumed run continues exactly as an uninterrupted one.
+* Training runs ``train.scan_steps`` optimizer steps per jitted call (one ``lax.scan`` over index
+  batches, the train state donated); the examples live on device and are gathered inside the scan.
+  ``train.sampling``: ``"permutation"`` (a shuffled pass, last partial batch padded and masked:
+  DiffuRec) or ``"independent"`` (``floor(N / B)`` steps, each drawing ``B`` distinct rows
+  independently of the other steps: DreamRec's reference).
+* Evaluation ranks all ``n_items + 1`` rows of the item table on device, in padded batches, with one
+  PRNG key per example (``fold_in(key, row)``), so a row's result does not depend on the batching.
+  Per-row HR@K and NDCG@K come back to the host, which averages them as configured:
+
+  - ``eval.protocol="exact"``: the mean over every row;
+  - ``eval.protocol="reference"``: the paper's own averaging: DreamRec drops the last
+    ``N mod 100`` rows (``eval.drop_remainder_of=100``), DiffuRec averages per-batch means over
+    batches of 512 (``eval.batch_mean_of=512``).
+
+  Both are stored (``results["test_exact"]``, ``results["test_reference"]``); ``results["test"]``
+  follows ``eval.protocol``. ``eval.score_padding=False`` removes the padding row from the ranking
+  (both references rank it).
+* Model selection on validation (``eval.select_metric``, or ``eval.select_rule="any"``: any
+  reported validation metric improves, as DiffuRec), early stopping after ``train.patience_epochs``
+  epochs without improvement; ``eval.test_at_end`` evaluates test once on the best parameters
+  (DiffuRec's protocol) instead of at every evaluation.
+* Progress bar with loss and throughput, ``metrics.jsonl`` (train loss per epoch, evaluations),
+  ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from diffrec_jax import metrics as M
+from diffrec_jax.checkpointing import Checkpointer
+from diffrec_jax.data.sequences import (
+    SequenceData,
+    SeqSplit,
+    load_diffurec_npz,
+    load_dreamrec_npz,
+    make_synthetic_sequences,
+)
+from diffrec_jax.models.mlp import count_params
+from diffrec_jax.train import MetricWriter, TrainState, _progress, make_optimizer, padded_batches
+
+log = logging.getLogger("diffrec_jax")
+
+SEQ_MODELS = {
+    "sasrec": "diffrec_jax.models.seq:SASRec",
+    "dreamrec": "diffrec_jax.models.dreamrec:DreamRec",
+    "diffurec": "diffrec_jax.models.diffurec:DiffuRec",
+}
+SEQ_METRICS = ("hr", "ndcg")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, model, optimizer, config checks
+# ----------------------------------------------------------------------------------------------
+
+
+def load_seq_data(dcfg) -> SequenceData:
+    """Loads the dataset a sequential ``config.data`` group describes.
+
+    ``source``: ``dreamrec_npz`` (``dir`` holding ``yc.npz``), ``diffurec_npz`` (``dir`` holding
+    ``dataset.npz``) or ``synthetic_seq`` (:func:`make_synthetic_sequences` with
+    ``config.data.synthetic_seq``).
+    """
+    src = dcfg.source
+    max_len = dcfg.get("max_len")
+    on_long = dcfg.get("on_long")
+    if src == "dreamrec_npz":
+        return load_dreamrec_npz(dcfg.dir, max_len=max_len, on_long=on_long or "error")
+    if src == "diffurec_npz":
+        return load_diffurec_npz(dcfg.dir, max_len=max_len or 50, on_long=on_long or "truncate")
+    if src == "synthetic_seq":
+        return make_synthetic_sequences(**dict(dcfg.synthetic_seq), max_len=max_len or 10)
+    raise ValueError(
+        f"config.data.source: unknown sequential source {src!r}; choose dreamrec_npz, diffurec_npz "
+        "or synthetic_seq"
+    )
+
+
+def get_model_class(name: str):
+    import importlib
+
+    try:
+        module, cls = SEQ_MODELS[name].split(":")
+    except KeyError:
+        raise ValueError(f"config.model.name: unknown sequential model {name!r}; available: {sorted(SEQ_MODELS)}") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_model(config, data: SequenceData):
+    cls = get_model_class(config.model.name)
+    if hasattr(cls, "validate_config"):
+        cls.validate_config(config)
+    return cls(config, data)
+
+
+def make_seq_optimizer(ocfg, steps_per_epoch: int) -> optax.GradientTransformation:
+    """:func:`diffrec_jax.train.make_optimizer`, times an optional step decay of the learning rate.
+
+    ``optim.lr_decay_every_epochs = n`` multiplies the update by ``lr_decay_factor ** (epoch // n)``
+    (PyTorch ``StepLR`` stepped once per epoch, as DiffuRec); for Adam/AdamW this equals decaying
+    the learning rate.
+    """
+    tx = make_optimizer(ocfg)
+    every = int(ocfg.get("lr_decay_every_epochs", 0) or 0)
+    if every > 0:
+        gamma = float(ocfg.get("lr_decay_factor", 0.1))
+        period = every * steps_per_epoch
+        tx = optax.chain(tx, optax.scale_by_schedule(lambda s: gamma ** (s // period)))
+    return tx
+
+
+def validate_config(config, data: SequenceData) -> None:
+    """Refuses settings that make no sense before any JAX work, naming the field."""
+    t, e = config.train, config.eval
+    if t.batch_size < 1:
+        raise ValueError(f"config.train.batch_size must be >= 1, got {t.batch_size}")
+    if t.num_epochs < 1:
+        raise ValueError(f"config.train.num_epochs must be >= 1, got {t.num_epochs}")
+    if t.eval_every_epochs < 1:
+        raise ValueError(f"config.train.eval_every_epochs must be >= 1, got {t.eval_every_epochs}")
+    if t.get("sampling", "permutation") not in ("permutation", "independent"):
+        raise ValueError(f"config.train.sampling must be 'permutation' or 'independent', got {t.sampling!r}")
+    if t.get("sampling") == "independent" and t.batch_size > len(data.train):
+        raise ValueError(
+            f"config.train.batch_size={t.batch_size} exceeds the {len(data.train)} training rows "
+            "(sampling='independent' draws a batch without replacement)"
+        )
+    if int(t.get("scan_steps", 1)) < 1:
+        raise ValueError(f"config.train.scan_steps must be >= 1, got {t.scan_steps}")
+    if not e.topk or min(e.topk) < 1 or max(e.topk) > data.num_embeddings:
+        raise ValueError(f"config.eval.topk must be K's in [1, {data.num_embeddings}], got {e.topk}")
+    name, _, k = e.select_metric.partition("@")
+    if name not in SEQ_METRICS or not k.isdigit() or int(k) not in e.topk:
+        raise ValueError(
+            f"config.eval.select_metric must be hr@K or ndcg@K with K in config.eval.topk {e.topk}, "
+            f"got {e.select_metric!r}"
+        )
+    if e.get("select_rule", "metric") not in ("metric", "any"):
+        raise ValueError(f"config.eval.select_rule must be 'metric' or 'any', got {e.select_rule!r}")
+    if e.get("protocol", "exact") not in ("exact", "reference"):
+        raise ValueError(f"config.eval.protocol must be 'exact' or 'reference', got {e.protocol!r}")
+    if e.batch_size < 1:
+        raise ValueError(f"config.eval.batch_size must be >= 1, got {e.batch_size}")
+    get_model_class(config.model.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device data
+# ----------------------------------------------------------------------------------------------
+
+
+def split_arrays(sp: SeqSplit) -> dict:
+    """A split on device: ``{"seq": [N, L], "len": [N], "target": [N]}`` int32."""
+    return {
+        "seq": jnp.asarray(sp.seq),
+        "len": jnp.asarray(sp.lengths),
+        "target": jnp.asarray(sp.targets),
+    }
+
+
+def _gather(arrays: dict, idx_B: jnp.ndarray) -> dict:
+    return {k: v[idx_B] for k, v in arrays.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, sampling: str):
+    """Index batches of one epoch, a pure function of ``(seed, epoch)``.
+
+    Returns:
+      ``(idx_SxB int32, mask_SxB bool)``. ``permutation``: ``ceil(n / B)`` batches of a shuffled
+      pass (last one padded, mask False on padding). ``independent``: ``floor(n / B)`` batches, each
+      ``B`` distinct rows drawn uniformly and independently of the other batches.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if sampling == "permutation":
+        return padded_batches(rng.permutation(n).astype(np.int32), batch_size)
+    steps = max(1, n // batch_size)
+    idx = np.stack([rng.choice(n, batch_size, replace=False) for _ in range(steps)]).astype(np.int32)
+    return idx, np.ones_like(idx, bool)
+
+
+def make_train_chunk(model, tx):
+    """Jitted ``(state, arrays, idx_SxB, mask_SxB, k_train) -> (state, loss_S)``: ``S`` steps in a scan.
+
+    Step ``s`` uses ``key = fold_in(k_train, state.step)``; the state is donated.
+    """
+
+    def body(carry, inp):
+        state, arrays, k_train = carry
+        idx_B, mask_B = inp
+        key = jax.random.fold_in(k_train, state.step)
+        batch = _gather(arrays, idx_B)
+
+        def loss_fn(params):
+            return model.loss(params, state.model_state, batch, mask_B, key)
+
+        (loss, (model_state, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return (TrainState(state.step + 1, params, opt_state, model_state), arrays, k_train), loss
+
+    def chunk(state, arrays, idx_SxB, mask_SxB, k_train):
+        (state, _, _), losses = jax.lax.scan(body, (state, arrays, k_train), (idx_SxB, mask_SxB))
+        return state, losses
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+def init_state(model, tx, key) -> TrainState:
+    _, params, model_state = model.init(key)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def metric_names(ks) -> list[str]:
+    return [f"{m}@{k}" for k in ks for m in SEQ_METRICS]
+
+
+def make_eval_step(model, ks, pad_id: int, score_padding: bool):
+    """Jitted ``(params, model_state, arrays, idx_B, key) -> values_BxM`` per-row HR/NDCG.
+
+    Row ``n`` uses ``fold_in(key, n)``. Metric definitions are the core's
+    (:func:`diffrec_jax.metrics.metric_sums` on one row with one relevant item).
+    """
+    ks = tuple(int(k) for k in ks)
+    names = metric_names(ks)
+    kmax = max(ks)
+
+    @jax.jit
+    def eval_step(params, model_state, arrays, idx_B, key):
+        batch = _gather(arrays, idx_B)
+        keys_B = jax.vmap(lambda n: jax.random.fold_in(key, n))(idx_B)
+        scores = model.score(params, model_state, batch, keys_B)
+        if not score_padding:
+            scores = scores.at[:, pad_id].set(-jnp.inf)
+        top = M.topk_indices(scores, kmax)
+        hits = (top == batch["target"][:, None]).astype(jnp.float32)
+        per_row = jax.vmap(lambda h: M.metric_sums(h[None], jnp.ones((1,)), ks))(hits)
+        return jnp.stack([per_row[n] for n in names], axis=1)
+
+    return eval_step
+
+
+def average_rows(values_NxM: np.ndarray, names, *, drop_remainder_of: int = 0, batch_mean_of: int = 0) -> dict:
+    """Averages per-row metric values; the reference protocols are optional.
+
+    Args:
+      values_NxM: per-row metrics, columns ``names``.
+      drop_remainder_of: keep only the first ``floor(N / R) R`` rows (DreamRec, ``R = 100``).
+      batch_mean_of: unweighted mean of the means of consecutive batches of this size (DiffuRec,
+        512; the last, smaller batch gets the weight of a full one).
+    """
+    v = values_NxM
+    if drop_remainder_of:
+        v = v[: (len(v) // drop_remainder_of) * drop_remainder_of]
+    if batch_mean_of:
+        chunks = [v[i : i + batch_mean_of].mean(0) for i in range(0, len(v), batch_mean_of)]
+        avg = np.mean(chunks, axis=0)
+    else:
+        avg = v.mean(0)
+    return {n: float(a) for n, a in zip(names, avg)}
+
+
+def eval_split(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_id: int) -> dict:
+    """Full-ranking HR/NDCG of one split; ``{"exact": {...}, "reference": {...}, "rows": n}``."""
+    ks = tuple(int(k) for k in ecfg.topk)
+    step = _cached_eval_step(model, ks, pad_id, bool(ecfg.get("score_padding", True)))
+    bs = min(int(ecfg.batch_size), n)
+    idx, mask = padded_batches(np.arange(n, dtype=np.int32), bs)
+    outs = [step(params, model_state, arrays, idx[b], key) for b in range(idx.shape[0])]
+    vals = np.concatenate(jax.device_get(outs), 0)[:n]
+    names = metric_names(ks)
+    exact = average_rows(vals, names)
+    ref = average_rows(
+        vals, names,
+        drop_remainder_of=int(ecfg.get("drop_remainder_of", 0) or 0),
+        batch_mean_of=int(ecfg.get("batch_mean_of", 0) or 0),
+    )
+    return {"exact": exact, "reference": ref}
+
+
+_EVAL_CACHE: dict = {}
+
+
+def _cached_eval_step(model, ks, pad_id, score_padding):
+    k = (id(model), ks, pad_id, score_padding)
+    if k not in _EVAL_CACHE:
+        _EVAL_CACHE.clear()
+        _EVAL_CACHE[k] = make_eval_step(model, ks, pad_id, score_padding)
+    return _EVAL_CACHE[k]
+
+
+def _headline(res: dict, protocol: str) -> dict:
+    return res["reference"] if protocol == "reference" else res["exact"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Main loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None) -> dict:
+    """Trains ``config.model.name`` on a sequential dataset with early stopping.
+
+    Args:
+      config: ``ml_collections.ConfigDict`` with ``task="sequential"`` (see ``configs/seq_test.py``).
+      workdir: run directory: ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``best/``,
+        ``results.json``. An existing checkpoint is resumed.
+      data: an already loaded :class:`SequenceData` (otherwise ``config.data`` is loaded).
+
+    Returns:
+      ``{"test": {"hr@20": ...}, "valid": {...}, "best_epoch": ..., "params": ...,
+      "train_time_s": ..., "eval_time_s": ...}`` (also written to ``workdir/results.json``).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    data = load_seq_data(config.data) if data is None else data
+    validate_config(config, data)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    log.info("data: %s", data)
+
+    t_cfg, e_cfg = config.train, config.eval
+    protocol = e_cfg.get("protocol", "exact")
+    sampling = t_cfg.get("sampling", "permutation")
+    model = get_model(config, data)
+    N, bs = len(data.train), min(int(t_cfg.batch_size), len(data.train))
+    steps_per_epoch = math.ceil(N / bs) if sampling == "permutation" else max(1, N // bs)
+    tx = make_seq_optimizer(config.optim, steps_per_epoch)
+    seed = int(config.seed)
+    k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
+    k_valid, k_test = jax.random.fold_in(k_eval, 0), jax.random.fold_in(k_eval, 1)
+    state = init_state(model, tx, k_init)
+    n_params = count_params(state.params)
+    log.info("model %s: %d parameters", config.model.name, n_params)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t_cfg.max_to_keep)
+    best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+    writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
+    meta: dict[str, Any] = {
+        "epoch": 0, "best_epoch": 0, "best_score": -math.inf, "best_valid_all": None,
+        "best": None, "train_time_s": 0.0, "eval_time_s": 0.0,
+    }
+    restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+    if restored is not None:
+        _, state, meta = restored
+        log.info("resumed from epoch %d (step %d)", meta["epoch"], int(state.step))
+    writer.truncate_after(meta["epoch"])
+
+    train_arrays = split_arrays(data.train)
+    valid_arrays, test_arrays = split_arrays(data.valid), split_arrays(data.test)
+    chunk_fn = make_train_chunk(model, tx)
+    S = max(1, min(int(t_cfg.get("scan_steps", 100)), steps_per_epoch))
+    select = e_cfg.select_metric
+    digits = e_cfg.get("select_digits", 4)
+    test_at_end = bool(e_cfg.get("test_at_end", False))
+
+    def run_eval(params, model_state, which: str):
+        arrays, n, key = {
+            "valid": (valid_arrays, len(data.valid), k_valid),
+            "test": (test_arrays, len(data.test), k_test),
+        }[which]
+        return eval_split(model, params, model_state, arrays, n, e_cfg, key, data.pad_id)
+
+    bar = _progress(t_cfg.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
+    epoch = meta["epoch"]
+    try:
+        while epoch < t_cfg.num_epochs:
+            epoch += 1
+            if epoch - meta["best_epoch"] > t_cfg.patience_epochs and meta["best_epoch"] > 0:
+                log.info("early stop before epoch %d (best epoch %d)", epoch, meta["best_epoch"])
+                epoch -= 1
+                break
+            idx, mask = epoch_batches(N, bs, seed, epoch, sampling)
+            t0 = time.perf_counter()
+            losses = []
+            for s0 in range(0, idx.shape[0], S):
+                state, ls = chunk_fn(state, train_arrays, idx[s0 : s0 + S], mask[s0 : s0 + S], k_train)
+                losses.append(ls)
+                if len(losses) > 1:  # fetch one call late: keep the device busy
+                    bar.set_postfix(epoch=epoch, loss=f"{float(losses[-2][-1]):.4g}", refresh=False)
+                bar.update(min(S, idx.shape[0] - s0))
+            losses = np.concatenate(jax.device_get(losses))
+            dt = time.perf_counter() - t0
+            meta["train_time_s"] += dt
+            if not np.all(np.isfinite(losses)):
+                bad = int(np.argmin(np.isfinite(losses)))
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch}, batch {bad}; last good checkpoint: epoch "
+                    f"{meta['epoch']} in {ckpt.directory}"
+                )
+            n_ex = int(mask.sum())
+            rec = {
+                "epoch": epoch, "step": int(state.step), "train/loss": float(losses.mean()),
+                "train/epoch_s": dt, "train/examples_per_s": n_ex / dt,
+            }
+            bar.set_postfix(epoch=epoch, loss=f"{rec['train/loss']:.4g}", ex_s=f"{n_ex / dt:.0f}")
+            writer.write(rec)
+            if epoch % t_cfg.eval_every_epochs == 0 or epoch == t_cfg.num_epochs:
+                t0 = time.perf_counter()
+                res_v = run_eval(state.params, state.model_state, "valid")
+                tv = time.perf_counter() - t0
+                res_t, tt = None, 0.0
+                if not test_at_end:
+                    t1 = time.perf_counter()
+                    res_t = run_eval(state.params, state.model_state, "test")
+                    tt = time.perf_counter() - t1
+                meta["eval_time_s"] += tv + tt
+                valid = _headline(res_v, protocol)
+                score = round(valid[select], digits)
+                if e_cfg.get("select_rule", "metric") == "any":
+                    prev = meta["best_valid_all"]
+                    improved = prev is None or any(valid[k] > prev[k] for k in valid)
+                    if improved:
+                        meta["best_valid_all"] = {
+                            k: max(valid[k], prev[k]) if prev else valid[k] for k in valid
+                        }
+                else:
+                    improved = score > meta["best_score"]
+                if improved:
+                    meta.update(best_epoch=epoch, best_score=score, best={"valid": res_v, "test": res_t})
+                    best_ckpt.save(epoch, state.params, {"epoch": epoch})
+                rec = {"epoch": epoch, "eval/valid_s": tv, "eval/test_s": tt}
+                rec.update({f"valid/{k}": v for k, v in valid.items()})
+                if res_t is not None:
+                    rec.update({f"test/{k}": v for k, v in _headline(res_t, protocol).items()})
+                writer.write(rec)
+                log.info(
+                    "epoch %d: loss %.4f valid %s=%.4f%s%s (eval %.1fs)",
+                    epoch, float(losses.mean()),
+                    select, valid[select],
+                    "" if res_t is None else f" test {select}={_headline(res_t, protocol)[select]:.4f}",
+                    " *" if improved else "", tv + tt,
+                )
+                bar.set_postfix(epoch=epoch, best=f"{meta['best_score']:.4f}@{meta['best_epoch']}")
+                meta["epoch"] = epoch
+                ckpt.save(epoch, state, meta)
+    finally:
+        bar.close()
+        ckpt.close()
+        best_ckpt.wait()
+
+    if meta["best"] is None:
+        best_ckpt.close()
+        raise RuntimeError("training ended without any evaluation")
+    if meta["best"]["test"] is None:  # test once, on the best parameters (DiffuRec's protocol)
+        params = state.params
+        if meta["best_epoch"] != epoch:
+            params, _ = best_ckpt.restore(meta["best_epoch"], jax.eval_shape(lambda: state.params))
+        t0 = time.perf_counter()
+        meta["best"]["test"] = run_eval(params, state.model_state, "test")
+        meta["eval_time_s"] += time.perf_counter() - t0
+    best_ckpt.close()
+    best = meta["best"]
+    results = {
+        "model": config.model.name,
+        "dataset": data.name,
+        "seed": seed,
+        "protocol": protocol,
+        "test": _headline(best["test"], protocol),
+        "valid": _headline(best["valid"], protocol),
+        "test_exact": best["test"]["exact"],
+        "test_reference": best["test"]["reference"],
+        "valid_exact": best["valid"]["exact"],
+        "best_epoch": meta["best_epoch"],
+        "epochs_run": epoch,
+        "params": n_params,
+        "train_time_s": meta["train_time_s"],
+        "eval_time_s": meta["eval_time_s"],
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results

@@ -13,6 +13,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "interactions"  # interactions (user rows) | sequential (next item from a history)
+    c.num_seeds = 1  # train this many seeds (seed, seed+1, ...) at once, vmapped; reports mean ± std
     c.seed = 1  # seeds init, data order (with the epoch) and every PRNG key (with the step)
 
     c.data = ml_collections.ConfigDict()
@@ -71,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.eval_every_epochs = 5  # evaluate (and checkpoint) every this many epochs
     c.train.patience_epochs = 20  # stop when epoch - best_epoch >= this (checked each epoch)
     c.train.max_to_keep = 2  # checkpoints kept
+    c.train.num_devices = 0  # data-parallel devices (0: all visible); batches are sharded over them
 
     c.eval = ml_collections.ConfigDict()
     c.eval.topk = (10, 20, 50, 100)  # cut-offs K

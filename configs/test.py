@@ -16,4 +16,5 @@ def get_config():
     c.eval.topk = (5, 10, 20)
     c.eval.select_metric = "recall@10"
     c.eval.batch_size = 50
+    c.train.num_devices = 1  # the test suite forces 4 CPU devices; sharding has its own tests
     return c

@@ -145,22 +145,53 @@ class DeviceData:
         )
 
 
-def padded_batches(order: np.ndarray, batch_size: int):
-    """Splits ``order`` into ``[batch_size]`` index batches; the last is padded (mask False)."""
+def padded_batches(order: np.ndarray, batch_size: int, multiple_of: int = 1):
+    """Splits ``order`` into batches of ``batch_size`` real rows, each padded (mask False) to a
+    multiple of ``multiple_of`` (the device count); returns ``idx, mask`` of shape ``[nb, Bp]``.
+
+    The rows in each batch do not depend on ``multiple_of``, so 1 and N devices see the same data.
+    """
     n = len(order)
     nb = max(1, math.ceil(n / batch_size))
-    idx = np.zeros(nb * batch_size, np.int32)
-    idx[:n] = order
-    mask = np.zeros(nb * batch_size, bool)
-    mask[:n] = True
-    return idx.reshape(nb, batch_size), mask.reshape(nb, batch_size)
+    bp = math.ceil(batch_size / multiple_of) * multiple_of
+    idx = np.zeros((nb, bp), np.int32)
+    mask = np.zeros((nb, bp), bool)
+    for b in range(nb):
+        chunk = order[b * batch_size : (b + 1) * batch_size]
+        idx[b, : len(chunk)] = chunk
+        mask[b, : len(chunk)] = True
+    return idx, mask
 
 
-def make_eval_step(model, ks):
-    """Jitted ``(params, model_state, dd, idx_B, mask_B, key) -> (valid_sums, test_sums)``."""
+def make_mesh(num_devices: int = 0):
+    """A 1-D ``("data",)`` mesh over the first ``num_devices`` devices (0: all of them)."""
+    devices = jax.devices()
+    n = len(devices) if num_devices in (0, None) else int(num_devices)
+    if not 1 <= n <= len(devices):
+        raise ValueError(
+            f"config.train.num_devices={num_devices} but {len(devices)} devices are visible"
+        )
+    return jax.sharding.Mesh(np.asarray(devices[:n]), ("data",))
+
+
+def _shardings(mesh, replicas: bool):
+    """(replicated, batch-sharded) NamedShardings; batches are ``[B]`` or ``[K, B]``."""
+    if mesh is None:
+        return None, None
+    P = jax.sharding.PartitionSpec
+    rep = jax.sharding.NamedSharding(mesh, P())
+    batch = jax.sharding.NamedSharding(mesh, P(None, "data") if replicas else P("data"))
+    return rep, batch
+
+
+def make_eval_step(model, ks, *, replicas: bool = False, mesh=None):
+    """Jitted ``(params, model_state, dd, idx_B, mask_B, key) -> (valid_sums, test_sums)``.
+
+    With ``replicas``, ``params``/``model_state``/``key`` carry a leading axis ``K`` (seeds) and the
+    sums come back with it. With a ``mesh`` the user batch is sharded over its ``data`` axis.
+    """
     kmax = max(ks)
 
-    @jax.jit
     def eval_step(params, model_state, dd: tuple, idx_B, mask_B, key):
         x_train, truth_valid, truth_test = dd
         x = x_train[idx_B]
@@ -179,17 +210,27 @@ def make_eval_step(model, ks):
         sums_t = M.metric_sums(M.hits_from_topk(top_t, tt), jnp.sum(tt > 0, 1) * m, ks)
         return sums_v, sums_t
 
-    return eval_step
+    fn = jax.vmap(eval_step, in_axes=(0, 0, None, None, None, 0)) if replicas else eval_step
+    rep, batch = _shardings(mesh, False)
+    if mesh is None:
+        return jax.jit(fn)
+    return jax.jit(fn, in_shardings=(rep, rep, rep, batch, batch, rep), out_shardings=rep)
 
 
-def evaluate(model, state: TrainState, dd: DeviceData, n_users: int, ecfg, key) -> dict:
-    """Full-ranking validation and test metrics; ``{"valid": {...}, "test": {...}}``."""
+def evaluate(model, state: TrainState, dd: DeviceData, n_users: int, ecfg, key, *,
+             replicas: int | None = None, mesh=None):
+    """Full-ranking validation and test metrics.
+
+    Returns ``{"valid": {...}, "test": {...}}``, or a list of those (one per seed) when
+    ``replicas`` is the size of the leading seed axis of ``state`` and ``key``.
+    """
     ks = tuple(int(k) for k in ecfg.topk)
-    eval_step = _cached_eval_step(model, ks)
-    idx, mask = padded_batches(np.arange(n_users), min(ecfg.batch_size, n_users))
-    acc_v = acc_t = None
+    eval_step = _cached_eval_step(model, ks, replicas is not None, mesh)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    idx, mask = padded_batches(np.arange(n_users), min(ecfg.batch_size, n_users), n_dev)
+    acc = None
     for b in range(idx.shape[0]):
-        sv, st = eval_step(
+        out = eval_step(
             state.params,
             state.model_state,
             (dd.x_train, dd.truth_valid, dd.truth_test),
@@ -197,23 +238,27 @@ def evaluate(model, state: TrainState, dd: DeviceData, n_users: int, ecfg, key) 
             mask[b],
             key,
         )
-        acc_v = sv if acc_v is None else jax.tree.map(jnp.add, acc_v, sv)
-        acc_t = st if acc_t is None else jax.tree.map(jnp.add, acc_t, st)
-    acc_v, acc_t = jax.device_get((acc_v, acc_t))
-    return {
-        "valid": M.finalize(acc_v, n_users, ecfg.average),
-        "test": M.finalize(acc_t, n_users, ecfg.average),
-    }
+        acc = out if acc is None else jax.tree.map(jnp.add, acc, out)
+    acc_v, acc_t = jax.device_get(acc)
+
+    def fin(k=None):
+        pick = (lambda d: d) if k is None else (lambda d: {n: v[k] for n, v in d.items()})
+        return {
+            "valid": M.finalize(pick(acc_v), n_users, ecfg.average),
+            "test": M.finalize(pick(acc_t), n_users, ecfg.average),
+        }
+
+    return fin() if replicas is None else [fin(k) for k in range(replicas)]
 
 
 _EVAL_CACHE: dict = {}
 
 
-def _cached_eval_step(model, ks):
-    k = (id(model), ks)
+def _cached_eval_step(model, ks, replicas=False, mesh=None):
+    k = (id(model), ks, replicas, id(mesh))
     if k not in _EVAL_CACHE:
         _EVAL_CACHE.clear()
-        _EVAL_CACHE[k] = make_eval_step(model, ks)
+        _EVAL_CACHE[k] = make_eval_step(model, ks, replicas=replicas, mesh=mesh)
     return _EVAL_CACHE[k]
 
 
@@ -222,12 +267,17 @@ def _cached_eval_step(model, ks):
 # ----------------------------------------------------------------------------------------------
 
 
-def make_train_step(model, tx):
-    """Jitted pure train step; the state's buffers are donated."""
+def make_train_step(model, tx, *, replicas: bool = False, mesh=None):
+    """Jitted pure train step ``(state, x_train, idx_B, mask_B, key) -> (state, loss)``.
+
+    The state's buffers are donated. With ``replicas`` every argument but ``x_train`` carries a
+    leading seed axis ``K`` (``vmap`` over parameters, optimizer state, batches and keys). With a
+    ``mesh`` the batch is sharded over the ``data`` axis and the state is replicated; XLA inserts
+    the gradient all-reduce.
+    """
 
     def step_fn(state: TrainState, x_train, idx_B, mask_B, key):
         x = x_train[idx_B]
-
         extra = {"user_ids_B": idx_B} if getattr(model, "needs_user_ids", False) else {}
 
         def loss_fn(params):
@@ -238,7 +288,16 @@ def make_train_step(model, tx):
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state, model_state), loss
 
-    return jax.jit(step_fn, donate_argnums=0)
+    fn = jax.vmap(step_fn, in_axes=(0, None, 0, 0, 0)) if replicas else step_fn
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=0)
+    rep, batch = _shardings(mesh, replicas)
+    return jax.jit(
+        fn,
+        donate_argnums=0,
+        in_shardings=(rep, rep, batch, batch, rep),
+        out_shardings=(rep, rep),
+    )
 
 
 def init_state(model, tx, key) -> TrainState:
@@ -316,8 +375,29 @@ def _fit_closed_form(model, config, data: InteractionData, workdir: str) -> dict
     return results
 
 
+def replica_seeds(config) -> list[int]:
+    """Seeds of the replicas trained together: ``seed, seed+1, ..., seed+num_seeds-1``."""
+    k = int(config.get("num_seeds", 1))
+    if k < 1:
+        raise ValueError(f"config.num_seeds must be >= 1, got {k}")
+    return [int(config.seed) + i for i in range(k)]
+
+
+def _mean_std(dicts: list[dict]) -> tuple[dict, dict]:
+    keys = dicts[0].keys()
+    arr = {k: np.array([d[k] for d in dicts], np.float64) for k in keys}
+    std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in arr.items()}
+    return {k: float(v.mean()) for k, v in arr.items()}, std
+
+
 def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = None) -> dict:
     """Trains ``config.model.name`` with early stopping and returns the results dictionary.
+
+    ``config.num_seeds = K`` trains K independent replicas (seeds ``seed..seed+K-1``) in one
+    program: parameters, optimizer states, data orders and keys carry a leading axis and the step
+    is ``vmap``-ed. Each replica keeps its own best epoch and early stopping, so its numbers equal a
+    separate run with its seed. ``config.train.num_devices`` (0: all) shards every batch over a
+    ``("data",)`` mesh.
 
     Args:
       config: a ``ml_collections.ConfigDict`` as in ``configs/default.py``.
@@ -327,11 +407,13 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
 
     Returns:
       ``{"test": {"recall@20": ...}, "valid": {...}, "best_epoch": ..., ...}`` (also written to
-      ``workdir/results.json``).
+      ``workdir/results.json``). With K > 1, ``test``/``valid`` are means over seeds,
+      ``test_std``/``valid_std`` the standard deviations and ``per_seed`` each replica's result.
     """
     os.makedirs(workdir, exist_ok=True)
     data = load_data(config.data) if data is None else data
     validate_config(config, data)
+    seeds = replica_seeds(config)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     log.info("data: %s", data)
@@ -341,32 +423,36 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
     if getattr(model, "closed_form", False):
         return _fit_closed_form(model, config, data, workdir)
     tx = model.optimizer(config.optim) if hasattr(model, "optimizer") else make_optimizer(config.optim)
-    seed = int(config.seed)
-    root = jax.random.key(seed)
-    k_init, k_train, k_eval = jax.random.split(root, 3)
-    state = init_state(model, tx, k_init)
-    n_params = models.count_params(state.params)
-    log.info("model %s: %d parameters", config.model.name, n_params)
+    K = len(seeds)
+    mesh = make_mesh(t_cfg.get("num_devices", 0))
+    n_dev = mesh.devices.size
+    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
+    k_init, k_train, k_eval = keys[:, 0], keys[:, 1], keys[:, 2]
+    state = jax.jit(jax.vmap(lambda k: init_state(model, tx, k)))(k_init)
+    n_params = models.count_params(state.params) // K
+    log.info("model %s: %d parameters, %d seed(s), %d device(s)", config.model.name, n_params, K, n_dev)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t_cfg.max_to_keep)
-    best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+    best_dirs = ["best"] if K == 1 else [os.path.join("best", f"seed_{s}") for s in seeds]
+    best_ckpts = [Checkpointer(os.path.join(workdir, d), max_to_keep=1) for d in best_dirs]
     writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
     meta = {
         "epoch": 0,
-        "best_epoch": 0,
-        "best_score": -math.inf,
-        "best": None,
+        "seeds": seeds,
+        "replicas": [{"best_epoch": 0, "best_score": -math.inf, "best": None} for _ in seeds],
         "train_time_s": 0.0,
         "eval_time_s": 0.0,
     }
     restored = ckpt.restore_latest(jax.eval_shape(lambda: state))  # skips corrupt steps, warns
     if restored is not None:
         _, state, meta = restored
-        log.info("resumed from epoch %d (step %d)", meta["epoch"], int(state.step))
+        log.info("resumed from epoch %d", meta["epoch"])
     writer.truncate_after(meta["epoch"])
+    reps = meta["replicas"]
 
     dd = DeviceData.from_data(data)
-    train_step = make_train_step(model, tx)
+    train_step = make_train_step(model, tx, replicas=True, mesh=mesh)
+    fold = jax.jit(jax.vmap(jax.random.fold_in))
     U, bs = data.n_users, min(t_cfg.batch_size, data.n_users)
     steps_per_epoch = math.ceil(U / bs)
     digits = e_cfg.get("select_digits", 4)
@@ -377,83 +463,116 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
     try:
         while epoch < t_cfg.num_epochs:
             epoch += 1
-            # The reference's rule, checked at the start of each epoch.
-            if epoch - meta["best_epoch"] >= t_cfg.patience_epochs:
-                log.info("early stop before epoch %d (best epoch %d)", epoch, meta["best_epoch"])
+            # The reference's rule, checked at the start of each epoch, per replica.
+            active = [epoch - r["best_epoch"] < t_cfg.patience_epochs for r in reps]
+            if not any(active):
+                log.info("early stop before epoch %d (best epochs %s)", epoch,
+                         [r["best_epoch"] for r in reps])
                 epoch -= 1
                 break
-            order = np.random.default_rng([seed, epoch]).permutation(U)
-            idx, mask = padded_batches(order, bs)
+            batches = [padded_batches(np.random.default_rng([s, epoch]).permutation(U), bs, n_dev)
+                       for s in seeds]
+            idx = np.stack([b[0] for b in batches], axis=1)  # [nb, K, Bp]
+            mask = np.stack([b[1] for b in batches], axis=1)
             t0 = time.perf_counter()
             losses = []
             for b in range(idx.shape[0]):
-                key = jax.random.fold_in(k_train, state.step)
-                state, loss = train_step(state, dd.x_train, idx[b], mask[b], key)
+                state, loss = train_step(state, dd.x_train, idx[b], mask[b], fold(k_train, state.step))
                 losses.append(loss)
                 if b > 0:  # fetch one step late: keep the device busy
-                    bar.set_postfix(epoch=epoch, loss=f"{float(losses[-2]):.4g}", refresh=False)
+                    bar.set_postfix(epoch=epoch, loss=f"{float(losses[-2].mean()):.4g}", refresh=False)
                 bar.update(1)
-            losses = np.asarray(jax.device_get(losses))
+            losses = np.asarray(jax.device_get(losses))  # [nb, K]
             dt = time.perf_counter() - t0
             meta["train_time_s"] += dt
-            if not np.all(np.isfinite(losses)):
-                bad = int(np.argmin(np.isfinite(losses)))
+            bad = ~np.isfinite(losses) & np.asarray(active)[None, :]
+            if bad.any():
+                b, k = map(int, np.argwhere(bad)[0])
                 raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch}, batch {bad} (step "
-                    f"{int(state.step) - len(losses) + bad}); last good checkpoint: epoch "
+                    f"non-finite loss at epoch {epoch}, batch {b}, seed {seeds[k]} (step "
+                    f"{(epoch - 1) * steps_per_epoch + b}); last good checkpoint: epoch "
                     f"{meta['epoch']} in {ckpt.directory}"
                 )
             rec = {
                 "epoch": epoch,
-                "step": int(state.step),
+                "step": epoch * steps_per_epoch,
                 "train/loss": float(losses.mean()),
-                "train/loss_sum": float(losses.sum()),
+                "train/loss_sum": float(losses.sum(0).mean()),
                 "train/epoch_s": dt,
-                "train/users_per_s": U / dt,
+                "train/users_per_s": U * K / dt,
             }
-            bar.set_postfix(epoch=epoch, loss=f"{rec['train/loss']:.4g}", users_s=f"{U / dt:.0f}")
+            if K > 1:
+                rec["train/loss_per_seed"] = [float(v) for v in losses.mean(0)]
+            bar.set_postfix(epoch=epoch, loss=f"{rec['train/loss']:.4g}", users_s=f"{U * K / dt:.0f}")
             writer.write(rec)
             if epoch % t_cfg.eval_every_epochs == 0 or epoch == t_cfg.num_epochs:
                 t0 = time.perf_counter()
-                res = evaluate(model, state, dd, U, e_cfg, k_eval)
+                res_k = evaluate(model, state, dd, U, e_cfg, k_eval, replicas=K, mesh=mesh)
                 et = time.perf_counter() - t0
                 meta["eval_time_s"] += et
-                score = round(res["valid"][select], digits)
-                improved = score > meta["best_score"]
-                if improved:
-                    meta.update(best_epoch=epoch, best_score=score, best=res)
-                    best_ckpt.save(epoch, state.params, {"epoch": epoch, **res})
-                rec = {"epoch": epoch, "eval/time_s": et}
-                rec.update({f"valid/{k}": v for k, v in res["valid"].items()})
-                rec.update({f"test/{k}": v for k, v in res["test"].items()})
-                writer.write(rec)
-                log.info(
-                    "epoch %d: valid %s=%.4f test recall@20=%.4f ndcg@20=%.4f%s (%.1fs)",
-                    epoch, select, res["valid"][select], res["test"].get("recall@20", float("nan")),
-                    res["test"].get("ndcg@20", float("nan")), " *" if improved else "", et,
-                )
-                bar.set_postfix(epoch=epoch, best=f"{meta['best_score']:.4f}@{meta['best_epoch']}")
+                for k, (res, r) in enumerate(zip(res_k, reps)):
+                    if not active[k]:
+                        continue
+                    score = round(res["valid"][select], digits)
+                    improved = score > r["best_score"]
+                    if improved:
+                        r.update(best_epoch=epoch, best_score=score, best=res)
+                        params_k = jax.tree.map(lambda x: x[k], state.params)
+                        best_ckpts[k].save(epoch, params_k, {"epoch": epoch, **res})
+                    rec = {"epoch": epoch, "eval/time_s": et}
+                    if K > 1:
+                        rec["seed"] = seeds[k]
+                    rec.update({f"valid/{m}": v for m, v in res["valid"].items()})
+                    rec.update({f"test/{m}": v for m, v in res["test"].items()})
+                    writer.write(rec)
+                    log.info(
+                        "epoch %d%s: valid %s=%.4f test recall@20=%.4f ndcg@20=%.4f%s (%.1fs)",
+                        epoch, f" seed {seeds[k]}" if K > 1 else "", select, res["valid"][select],
+                        res["test"].get("recall@20", float("nan")),
+                        res["test"].get("ndcg@20", float("nan")), " *" if improved else "", et,
+                    )
+                bar.set_postfix(epoch=epoch, best=" ".join(
+                    f"{r['best_score']:.4f}@{r['best_epoch']}" for r in reps))
                 meta["epoch"] = epoch
                 ckpt.save(epoch, state, meta)
     finally:
         bar.close()
         ckpt.close()
-        best_ckpt.close()
+        for c in best_ckpts:
+            c.close()
 
-    if meta["best"] is None:  # no evaluation happened (cannot with the checks above)
+    if any(r["best"] is None for r in reps):  # cannot happen: the last epoch always evaluates
         raise RuntimeError("training ended without any evaluation")
-    results = {
+    common = {
         "model": config.model.name,
         "dataset": data.name,
-        "seed": seed,
-        "test": meta["best"]["test"],
-        "valid": meta["best"]["valid"],
-        "best_epoch": meta["best_epoch"],
         "epochs_run": epoch,
         "params": n_params,
         "train_time_s": meta["train_time_s"],
         "eval_time_s": meta["eval_time_s"],
+        "num_devices": n_dev,
     }
+    if K == 1:
+        r = reps[0]
+        results = {"seed": seeds[0], "test": r["best"]["test"], "valid": r["best"]["valid"],
+                   "best_epoch": r["best_epoch"], **common}
+    else:
+        test_m, test_s = _mean_std([r["best"]["test"] for r in reps])
+        valid_m, valid_s = _mean_std([r["best"]["valid"] for r in reps])
+        results = {
+            "seeds": seeds,
+            "test": test_m,
+            "test_std": test_s,
+            "valid": valid_m,
+            "valid_std": valid_s,
+            "best_epoch": [r["best_epoch"] for r in reps],
+            "per_seed": [
+                {"seed": s, "test": r["best"]["test"], "valid": r["best"]["valid"],
+                 "best_epoch": r["best_epoch"]}
+                for s, r in zip(seeds, reps)
+            ],
+            **common,
+        }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results

@@ -57,7 +57,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     ck_full.close(), ck_part.close()
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert meta_a["best"] == meta_b["best"]
+    assert meta_a["replicas"] == meta_b["replicas"]
     # metrics.jsonl holds each epoch once
     recs = [json.loads(ln) for ln in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
@@ -100,3 +100,32 @@ def test_launcher_runs_from_the_command_line(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["optim"]["lr"] == 0.002
     assert json.loads((tmp_path / "results.json").read_text())["test"]["recall@10"] >= 0.0
+
+
+def test_k_vmapped_seeds_equal_k_separate_runs(tmp_path):
+    many = train.train_and_evaluate(_cfg(**{"num_seeds": 3, "train.num_epochs": 4}), str(tmp_path / "k"))
+    assert many["seeds"] == [1, 2, 3]
+    for s, per in zip([1, 2, 3], many["per_seed"]):
+        one = train.train_and_evaluate(_cfg(**{"seed": s, "train.num_epochs": 4}), str(tmp_path / f"s{s}"))
+        assert per["best_epoch"] == one["best_epoch"]
+        for k, v in one["test"].items():
+            assert per["test"][k] == pytest.approx(v, abs=1e-6), k
+    r20 = [p["test"]["recall@20"] for p in many["per_seed"]]
+    assert many["test"]["recall@20"] == pytest.approx(np.mean(r20))
+    assert many["test_std"]["recall@20"] == pytest.approx(np.std(r20, ddof=1))
+
+
+def test_four_devices_equal_one_device(tmp_path):
+    assert jax.device_count() >= 4, "tests/conftest.py forces 4 CPU devices"
+    one = train.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "one"))
+    four = train.train_and_evaluate(
+        _cfg(**{"train.num_epochs": 2, "train.num_devices": 4}), str(tmp_path / "four")
+    )
+    assert four["num_devices"] == 4
+    for k, v in one["test"].items():
+        assert four["test"][k] == pytest.approx(v, abs=1e-6), k
+    l1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    l4 = [json.loads(x) for x in (tmp_path / "four" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(l1, l4):
+        if "train/loss" in a:
+            assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5)

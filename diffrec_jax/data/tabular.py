@@ -147,7 +147,10 @@ class IdMaps(NamedTuple):
 def _lookup(table: np.ndarray, raw: Any, what: str, offset: int) -> np.ndarray:
     raw = np.atleast_1d(np.asarray(raw))
     if table.dtype.kind in "iu" and raw.dtype.kind not in "iu":
-        raise KeyError(f"raw {what} ids are integers here, got {raw.dtype} values")
+        try:  # text such as "42" names the integer id 42
+            raw = raw.astype(np.int64)
+        except (ValueError, TypeError, OverflowError):
+            raise KeyError(f"raw {what} ids are integers here, got {raw.tolist()[:3]}") from None
     if table.dtype.kind not in "iu":
         raw = raw.astype(str)
     pos = np.minimum(np.searchsorted(table, raw), table.shape[0] - 1)

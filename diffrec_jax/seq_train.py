@@ -200,14 +200,14 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, sampling: str)
 
 
 def make_train_chunk(model, tx):
-    """Jitted ``(state, arrays, idx_SxB, mask_SxB, k_train) -> (state, loss_S)``: ``S`` steps in a scan.
+    """Jitted ``(state, arrays, idx_SxB, mask_SxB, valid_S, k_train) -> (state, loss_S)``: a scan of ``S`` steps.
 
-    Step ``s`` uses ``key = fold_in(k_train, state.step)``; the state is donated.
+    Step ``s`` uses ``key = fold_in(k_train, state.step)``; steps with ``valid_S[s]`` False leave the
+    state untouched (``lax.cond``), so an epoch's last, shorter chunk reuses the same compiled
+    program. The state is donated.
     """
 
-    def body(carry, inp):
-        state, arrays, k_train = carry
-        idx_B, mask_B = inp
+    def step(state, arrays, k_train, idx_B, mask_B):
         key = jax.random.fold_in(k_train, state.step)
         batch = _gather(arrays, idx_B)
 
@@ -217,13 +217,44 @@ def make_train_chunk(model, tx):
         (loss, (model_state, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return (TrainState(state.step + 1, params, opt_state, model_state), arrays, k_train), loss
+        return TrainState(state.step + 1, params, opt_state, model_state), loss
 
-    def chunk(state, arrays, idx_SxB, mask_SxB, k_train):
-        (state, _, _), losses = jax.lax.scan(body, (state, arrays, k_train), (idx_SxB, mask_SxB))
+    def body(carry, inp):
+        state, arrays, k_train = carry
+        idx_B, mask_B, valid = inp
+        state, loss = jax.lax.cond(
+            valid,
+            lambda s: step(s, arrays, k_train, idx_B, mask_B),
+            lambda s: (s, jnp.zeros((), jnp.float32)),
+            state,
+        )
+        return (state, arrays, k_train), loss
+
+    def chunk(state, arrays, idx_SxB, mask_SxB, valid_S, k_train):
+        (state, _, _), losses = jax.lax.scan(body, (state, arrays, k_train), (idx_SxB, mask_SxB, valid_S))
         return state, losses
 
     return jax.jit(chunk, donate_argnums=0)
+
+
+def run_epoch_chunks(chunk_fn, state, arrays, idx, mask, k_train, S: int, on_chunk=None):
+    """Runs one epoch's ``idx.shape[0]`` steps in chunks of ``S`` (the last one padded).
+
+    Returns ``(state, losses)`` with ``losses`` the per-step device arrays (valid steps only).
+    """
+    n = idx.shape[0]
+    losses = []
+    for s0 in range(0, n, S):
+        k = min(S, n - s0)
+        ic = np.zeros((S,) + idx.shape[1:], idx.dtype)
+        mc = np.zeros((S,) + mask.shape[1:], bool)
+        ic[:k], mc[:k] = idx[s0 : s0 + k], mask[s0 : s0 + k]
+        valid = np.arange(S) < k
+        state, ls = chunk_fn(state, arrays, ic, mc, valid, k_train)
+        losses.append(ls[:k])
+        if on_chunk is not None:
+            on_chunk(losses, k)
+    return state, losses
 
 
 def init_state(model, tx, key) -> TrainState:
@@ -396,13 +427,13 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
                 break
             idx, mask = epoch_batches(N, bs, seed, epoch, sampling)
             t0 = time.perf_counter()
-            losses = []
-            for s0 in range(0, idx.shape[0], S):
-                state, ls = chunk_fn(state, train_arrays, idx[s0 : s0 + S], mask[s0 : s0 + S], k_train)
-                losses.append(ls)
+
+            def on_chunk(losses, k):
                 if len(losses) > 1:  # fetch one call late: keep the device busy
                     bar.set_postfix(epoch=epoch, loss=f"{float(losses[-2][-1]):.4g}", refresh=False)
-                bar.update(min(S, idx.shape[0] - s0))
+                bar.update(k)
+
+            state, losses = run_epoch_chunks(chunk_fn, state, train_arrays, idx, mask, k_train, S, on_chunk)
             losses = np.concatenate(jax.device_get(losses))
             dt = time.perf_counter() - t0
             meta["train_time_s"] += dt
@@ -494,3 +525,69 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Speed measurement
+# ----------------------------------------------------------------------------------------------
+
+
+def measure_speed(config, *, train_steps: int | None = None, eval_rows: int | None = None,
+                  data: SequenceData | None = None) -> dict:
+    """Times the real training chunks and evaluation passes of ``config`` (compilation excluded).
+
+    Args:
+      config: a sequential config.
+      train_steps: optimizer steps to time (default: one full epoch); the epoch time is
+        extrapolated from the per-step time when fewer.
+      eval_rows: validation/test rows to time (default: the full split); a full pass is
+        extrapolated per row when fewer.
+
+    Returns:
+      ``{"step_ms", "epoch_s", "epoch_s_measured", "valid_pass_s", "test_pass_s", ...}`` with
+      the compile times and the numbers of timed steps and rows.
+    """
+    data = load_seq_data(config.data) if data is None else data
+    validate_config(config, data)
+    model = get_model(config, data)
+    t_cfg, e_cfg = config.train, config.eval
+    sampling = t_cfg.get("sampling", "permutation")
+    N, bs = len(data.train), min(int(t_cfg.batch_size), len(data.train))
+    steps_per_epoch = math.ceil(N / bs) if sampling == "permutation" else max(1, N // bs)
+    tx = make_seq_optimizer(config.optim, steps_per_epoch)
+    k_init, k_train, k_eval = jax.random.split(jax.random.key(int(config.seed)), 3)
+    state = init_state(model, tx, k_init)
+    arrays = split_arrays(data.train)
+    chunk_fn = make_train_chunk(model, tx)
+    S = max(1, min(int(t_cfg.get("scan_steps", 100)), steps_per_epoch))
+    idx, mask = epoch_batches(N, bs, int(config.seed), 1, sampling)
+    t0 = time.perf_counter()
+    state, ls = run_epoch_chunks(chunk_fn, state, arrays, idx[:S], mask[:S], k_train, S)
+    jax.block_until_ready(ls)
+    compile_train = time.perf_counter() - t0
+    n = steps_per_epoch if train_steps is None else min(int(train_steps), steps_per_epoch)
+    n = max(S, (n // S) * S)
+    t0 = time.perf_counter()
+    state, ls = run_epoch_chunks(chunk_fn, state, arrays, idx[:n], mask[:n], k_train, S)
+    jax.block_until_ready(ls)
+    dt = time.perf_counter() - t0
+    out = {
+        "model": config.model.name, "dataset": data.name, "steps_per_epoch": steps_per_epoch,
+        "timed_steps": n, "step_ms": 1e3 * dt / n, "epoch_s": dt / n * steps_per_epoch,
+        "train_compile_plus_first_chunk_s": compile_train,
+        "params": count_params(state.params),
+    }
+    for which, sp in (("valid", data.valid), ("test", data.test)):
+        rows = len(sp) if eval_rows is None else min(int(eval_rows), len(sp))
+        arr = split_arrays(SeqSplit(sp.seq[:rows], sp.lengths[:rows], sp.targets[:rows]))
+        warm = min(int(e_cfg.batch_size), rows)
+        arr_w = {k: v[:warm] for k, v in arr.items()}
+        t0 = time.perf_counter()
+        eval_split(model, state.params, state.model_state, arr_w, warm, e_cfg, k_eval, data.pad_id)
+        out[f"{which}_compile_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        eval_split(model, state.params, state.model_state, arr, rows, e_cfg, k_eval, data.pad_id)
+        et = time.perf_counter() - t0
+        out[f"{which}_rows_timed"] = rows
+        out[f"{which}_pass_s"] = et / rows * len(sp)
+    return out

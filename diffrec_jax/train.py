@@ -72,8 +72,10 @@ def load_data(dcfg) -> InteractionData:
         )
     tw = dcfg.get("time_weights")
     if tw:
-        if len(tw) != 2:
-            raise ValueError(f"config.data.time_weights must be (w_min, w_max), got {tw}")
+        if len(tw) != 2 or not 0 < float(tw[0]) <= float(tw[1]):
+            raise ValueError(
+                f"config.data.time_weights must be (w_min, w_max) with 0 < w_min <= w_max, got {tw}"
+            )
         data = with_time_weights(data, float(tw[0]), float(tw[1]))
     return data
 
@@ -120,6 +122,10 @@ def validate_config(config, data: InteractionData) -> None:
         )
     if e.batch_size < 1:
         raise ValueError(f"config.eval.batch_size must be >= 1, got {e.batch_size}")
+    if e.average not in ("all", "nonempty"):
+        raise ValueError(f"config.eval.average must be 'all' or 'nonempty', got {e.average!r}")
+    if t.patience_epochs < 1:
+        raise ValueError(f"config.train.patience_epochs must be >= 1, got {t.patience_epochs}")
     models.validate_config(config)
 
 

@@ -92,6 +92,21 @@ class DiffRec:
                     f"config.diffusion.noise_min ({d.noise_min}) must be < "
                     f"config.diffusion.noise_max ({d.noise_max})"
                 )
+        known = ("diffrec", "linear-var", "linear", "cosine", "exp", "sqrt")
+        if d.schedule not in known:
+            raise ValueError(f"config.diffusion.schedule must be one of {known}, got {d.schedule!r}")
+        if d.noise_scale > 0 and d.schedule in ("diffrec", "linear-var", "linear"):
+            if d.noise_min <= 0:
+                raise ValueError(f"config.diffusion.noise_min must be > 0, got {d.noise_min}")
+            if d.noise_scale * d.noise_max >= 1:
+                raise ValueError(
+                    "config.diffusion.noise_scale * config.diffusion.noise_max must be < 1, got "
+                    f"{d.noise_scale} * {d.noise_max}"
+                )
+        if int(d.history_size) < 1:
+            raise ValueError(f"config.diffusion.history_size must be >= 1, got {d.history_size}")
+        if not 0.0 <= d.uniform_prob <= 1.0:
+            raise ValueError(f"config.diffusion.uniform_prob must be in [0, 1], got {d.uniform_prob}")
         if d.mean_type not in dif.MEAN_TYPES:
             raise ValueError(f"config.diffusion.mean_type must be one of {dif.MEAN_TYPES}, got {d.mean_type!r}")
         if d.timestep_sampling not in ("uniform", "importance"):

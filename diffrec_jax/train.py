@@ -594,4 +594,8 @@ def run(config, workdir: str) -> dict:
         from diffrec_jax import seq_train
 
         return seq_train.train_and_evaluate(config, workdir)
+    if task == "rerank":
+        from diffrec_jax import rerank_train
+
+        return rerank_train.train_and_evaluate(config, workdir)
     raise ValueError(f"config.task must be 'interactions' or 'sequential', got {task!r}")

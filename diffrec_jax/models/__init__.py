@@ -32,6 +32,8 @@ _REGISTRY: dict = {
     "rp3beta": "diffrec_jax.models.baselines:RP3beta",
     "multvae": "diffrec_jax.models.multvae:MultVAE",
     "lightgcn": "diffrec_jax.models.lightgcn:LightGCN",
+    "diffkg": "diffrec_jax.models.diffkg:DiffKG",
+    "dcdr": "diffrec_jax.models.dcdr:DCDR",
 }
 
 

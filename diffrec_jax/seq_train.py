@@ -257,6 +257,36 @@ def run_epoch_chunks(chunk_fn, state, arrays, idx, mask, k_train, S: int, on_chu
     return state, losses
 
 
+# Fields that do not change the compiled programs: runs that differ only in these (seeds of a
+# multi-seed study, a resumed run with a larger epoch budget) reuse the model and its jitted code.
+_RUN_ONLY_FIELDS = ("seed", "train.num_epochs", "train.eval_every_epochs", "train.patience_epochs",
+                    "train.max_to_keep")
+_PARTS_CACHE: dict = {}
+
+
+def _compiled_parts(config, data: SequenceData, steps_per_epoch: int):
+    """``(model, tx, chunk_fn)`` for ``config`` on ``data``, reused across runs in one process."""
+    cfg = json.loads(config.to_json_best_effort())
+    for path in _RUN_ONLY_FIELDS:
+        node = cfg
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    digest = [data.name, data.n_items, data.pad_id, data.pad_side, data.max_len]
+    for s in ("train", "valid", "test"):
+        sp = data.split(s)
+        digest += [len(sp), hash(sp.seq.tobytes()), hash(sp.targets.tobytes())]
+    key = (json.dumps(cfg, sort_keys=True), tuple(digest), steps_per_epoch)
+    if key not in _PARTS_CACHE:
+        _PARTS_CACHE.clear()
+        _EVAL_CACHE.clear()
+        model = get_model(config, data)
+        tx = make_seq_optimizer(config.optim, steps_per_epoch)
+        _PARTS_CACHE[key] = (model, tx, make_train_chunk(model, tx))
+    return _PARTS_CACHE[key]
+
+
 def init_state(model, tx, key) -> TrainState:
     _, params, model_state = model.init(key)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
@@ -377,10 +407,9 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
     t_cfg, e_cfg = config.train, config.eval
     protocol = e_cfg.get("protocol", "exact")
     sampling = t_cfg.get("sampling", "permutation")
-    model = get_model(config, data)
     N, bs = len(data.train), min(int(t_cfg.batch_size), len(data.train))
     steps_per_epoch = math.ceil(N / bs) if sampling == "permutation" else max(1, N // bs)
-    tx = make_seq_optimizer(config.optim, steps_per_epoch)
+    model, tx, chunk_fn = _compiled_parts(config, data, steps_per_epoch)
     seed = int(config.seed)
     k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
     k_valid, k_test = jax.random.fold_in(k_eval, 0), jax.random.fold_in(k_eval, 1)
@@ -403,7 +432,6 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
 
     train_arrays = split_arrays(data.train)
     valid_arrays, test_arrays = split_arrays(data.valid), split_arrays(data.test)
-    chunk_fn = make_train_chunk(model, tx)
     S = max(1, min(int(t_cfg.get("scan_steps", 100)), steps_per_epoch))
     select = e_cfg.select_metric
     digits = e_cfg.get("select_digits", 4)

@@ -301,11 +301,24 @@ def metric_names(ks) -> list[str]:
     return [f"{m}@{k}" for k in ks for m in SEQ_METRICS]
 
 
+def target_rank(scores_BxV: jnp.ndarray, target_B: jnp.ndarray) -> jnp.ndarray:
+    """0-based rank of each row's target in a stable descending sort (ties: lower id first).
+
+    Equals the target's position in :func:`diffrec_jax.metrics.topk_indices`' list (``lax.top_k``
+    breaks ties by the lower index), at ``O(V)`` per row instead of a top-K selection.
+    """
+    s_t = jnp.take_along_axis(scores_BxV, target_B[:, None], axis=1)
+    ids = jnp.arange(scores_BxV.shape[1])[None, :]
+    return jnp.sum((scores_BxV > s_t) | ((scores_BxV == s_t) & (ids < target_B[:, None])), axis=1)
+
+
 def make_eval_step(model, ks, pad_id: int, score_padding: bool):
     """Jitted ``(params, model_state, arrays, idx_B, key) -> values_BxM`` per-row HR/NDCG.
 
-    Row ``n`` uses ``fold_in(key, n)``. Metric definitions are the core's
-    (:func:`diffrec_jax.metrics.metric_sums` on one row with one relevant item).
+    Row ``n`` uses ``fold_in(key, n)``. With one target per row, the ranked list's hit vector is
+    one-hot at the target's rank (``#{scores > s_target}`` plus ties with a lower id, i.e. its
+    position in :func:`diffrec_jax.metrics.topk_indices`' list), so no top-K selection is needed;
+    the metric definitions are the core's (:func:`diffrec_jax.metrics.metric_sums` on one row).
     """
     ks = tuple(int(k) for k in ks)
     names = metric_names(ks)
@@ -318,8 +331,8 @@ def make_eval_step(model, ks, pad_id: int, score_padding: bool):
         scores = model.score(params, model_state, batch, keys_B)
         if not score_padding:
             scores = scores.at[:, pad_id].set(-jnp.inf)
-        top = M.topk_indices(scores, kmax)
-        hits = (top == batch["target"][:, None]).astype(jnp.float32)
+        rank = target_rank(scores, batch["target"])
+        hits = (jnp.arange(kmax)[None, :] == rank[:, None]).astype(jnp.float32)
         per_row = jax.vmap(lambda h: M.metric_sums(h[None], jnp.ones((1,)), ks))(hits)
         return jnp.stack([per_row[n] for n in names], axis=1)
 

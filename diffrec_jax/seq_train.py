@@ -304,8 +304,9 @@ def metric_names(ks) -> list[str]:
 def target_rank(scores_BxV: jnp.ndarray, target_B: jnp.ndarray) -> jnp.ndarray:
     """0-based rank of each row's target in a stable descending sort (ties: lower id first).
 
-    Equals the target's position in :func:`diffrec_jax.metrics.topk_indices`' list (``lax.top_k``
-    breaks ties by the lower index), at ``O(V)`` per row instead of a top-K selection.
+    Equals the target's position in :func:`diffrec_jax.metrics.topk_indices`' list when scores are
+    distinct (``lax.top_k``'s order among tied scores is implementation-defined on CPU, as is
+    ``torch.topk``'s in the references), at ``O(V)`` per row instead of a top-K selection.
     """
     s_t = jnp.take_along_axis(scores_BxV, target_B[:, None], axis=1)
     ids = jnp.arange(scores_BxV.shape[1])[None, :]

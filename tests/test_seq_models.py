@@ -162,14 +162,15 @@ def test_diffurec_reverse_batch_equals_vmap_and_one_step_runs():
     assert m.generate(params, batch, keys, mode="one_step").shape == (3, 8)
 
 
-def test_target_rank_equals_the_position_in_top_k_with_ties():
+def test_target_rank_equals_the_position_in_top_k():
     from diffrec_jax import metrics as M
 
-    s = jnp.round(jax.random.normal(jax.random.key(0), (200, 50)) * 3) / 3  # many ties
+    s = jax.random.normal(jax.random.key(0), (200, 50))  # distinct scores
     tgt = jax.random.randint(jax.random.key(1), (200,), 0, 50)
-    top = M.topk_indices(s, 50)
-    want = jnp.argmax(top == tgt[:, None], axis=1)
+    want = jnp.argmax(M.topk_indices(s, 50) == tgt[:, None], axis=1)
     np.testing.assert_array_equal(seq_train.target_rank(s, tgt), want)
+    tied = jnp.zeros((1, 6))  # ties: the lower id ranks first
+    np.testing.assert_array_equal(seq_train.target_rank(tied, jnp.array([4])), [4])
 
 
 # --------------------------------------------------------------------------- #

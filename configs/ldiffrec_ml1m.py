@@ -1,0 +1,75 @@
+"""L-DiffRec on ML-1M clean with the reference's best hyperparameters (spec section 10).
+
+    python experiments/main.py --config=configs/ldiffrec_ml1m.py --workdir=runs/ldiffrec_ml1m
+
+Row ml-1m_clean of ``L-DiffRec/inference.py``: n_cate 2 (k-means on the dataset's
+``item_emb.npy``), in_dims [300], out_dims [] (one shared Linear decoder), mlp_dims [300],
+emb 10, lr1 1e-3 (autoencoder), lr2 5e-4 (denoiser), wd 0, lamda 0.03, T=40, noise_scale 0.005,
+noise_min 0.005, noise_max 0.02, x0 prediction, reweight, beta_fixed False, sampling_steps 0, no
+sampling noise, batch 400; up to 1000 epochs, evaluation every 5, early stopping after 20 epochs
+without a better validation Recall@20 (the reference's main.py rule).
+
+``add_ldiffrec_fields(c)`` adds every L-DiffRec field (with the reference defaults) to any config;
+``configs/ltdiffrec_ml1m.py`` and the tests use it.
+"""
+
+from configs import default
+
+
+def add_ldiffrec_fields(c):
+    """Switches ``c`` to L-DiffRec and adds its fields (reference defaults), each commented."""
+    c.model.name = "ldiffrec"
+    c.model.n_cate = 2  # k-means categories of items (1: no clustering, one encoder)
+    c.model.in_dims = (300,)  # encoder widths (totals over categories); last = latent width d
+    c.model.out_dims = ()  # decoder hidden widths; (): one shared Linear(d -> I)
+    c.model.mlp_dims = (300,)  # denoiser --dims in latent space: Linear(d+emb, 300)-tanh-Linear(300, d)
+    c.model.ae_act = "tanh"  # encoder/decoder activation (after every encoder layer, last included)
+    c.model.ae_dropout = 0.1  # dropout on the encoder input (its output is the recon target)
+    c.model.reparam = True  # z = mu + exp(logvar/2) eps in training (False: z = mu)
+    c.model.recon_target = "dropped"  # multinomial target: dropped (reference: the dropped-out input) | clean
+    c.model.init = "xavier"  # L-DiffRec init: Xavier-normal weights, zero biases
+    c.model.lamda = 0.03  # diffusion loss weight lambda (reweight=True: lambda*elbo + vae)
+    c.model.anneal_steps = 500  # lambda = max((1 - epochs_done/anneal_steps) * lamda, anneal_cap)
+    c.model.anneal_cap = 0.005  # floor of lambda
+    c.model.vae_anneal_steps = 200  # KL weight = min(vae_anneal_cap, batches_seen/vae_anneal_steps)
+    c.model.vae_anneal_cap = 0.3  # cap of the KL weight
+    c.model.item_emb_path = ""  # .npy [I, D] item embeddings when the dataset ships no item_emb
+    c.model.kmeans_init = "random"  # random (reference, k distinct points) | k-means++
+    c.model.kmeans_tol = 1e-4  # stop when (sum of centre shifts)^2 < tol
+    c.model.kmeans_max_iter = 1000  # Lloyd iteration cap
+    c.model.kmeans_seed = -1  # k-means init key; -1: use c.seed
+    c.diffusion.beta_fixed = False  # L-DiffRec keeps beta_0 = v_0
+    c.optim.lr1 = 1e-3  # AdamW learning rate of the autoencoder (encoders + decoder)
+    c.optim.lr2 = 5e-4  # AdamW learning rate of the denoiser MLP
+    c.optim.wd1 = 0.0  # weight decay of the autoencoder
+    c.optim.wd2 = 0.0  # weight decay of the denoiser
+    return c
+
+
+def get_config():
+    c = add_ldiffrec_fields(default.get_config())
+    c.data.source = "diffrec_npy"
+    c.data.dir = "../shared/data/diffrec/ml-1m_clean"
+    c.model.n_cate = 2
+    c.model.in_dims = (300,)
+    c.model.out_dims = ()
+    c.model.mlp_dims = (300,)
+    c.model.emb_size = 10
+    c.model.dropout = 0.5
+    c.model.lamda = 0.03
+    c.diffusion.steps = 40
+    c.diffusion.noise_scale = 0.005
+    c.diffusion.noise_min = 0.005
+    c.diffusion.noise_max = 0.02
+    c.diffusion.beta_fixed = False
+    c.diffusion.mean_type = "x0"
+    c.diffusion.reweight = True
+    c.sampling.steps = 0
+    c.sampling.noise = False
+    c.optim.lr1 = 1e-3
+    c.optim.lr2 = 5e-4
+    c.train.batch_size = 400
+    c.train.num_epochs = 1000
+    c.train.eval_every_epochs = 5
+    c.train.patience_epochs = 20
+    return c

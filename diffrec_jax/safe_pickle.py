@@ -6,7 +6,8 @@
 refuses every other global with :class:`UnsafePickleError`, *before* anything is called, so a
 hostile file cannot run code. Protocol 2+ pickles of ``dict``/``list``/``tuple``/``str``/``int``/
 ``float``/``bytes``/``bool``/``None`` need no global at all (they are opcodes); ``set``,
-``frozenset``, ``bytearray``, ``complex`` and older protocols go through the allow-list.
+``frozenset``, ``bytearray``, ``complex`` and ``bytes`` in protocols 0-2 (``_codecs.encode``) go
+through the allow-list.
 
 numpy's array-reconstruction globals are deliberately *not* allowed: no file this project reads
 needs them (the DiffuRec ``dataset.pkl`` holds only dicts, lists and ints), and plain arrays
@@ -63,21 +64,26 @@ PathLike = str | os.PathLike
 
 #: The only globals a pickle may name: plain, side-effect-free built-in types.
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    ("builtins", name)
-    for name in (
-        "dict",
-        "list",
-        "tuple",
-        "set",
-        "frozenset",
-        "int",
-        "float",
-        "complex",
-        "str",
-        "bytes",
-        "bytearray",
-        "bool",
-    )
+    [
+        ("builtins", name)
+        for name in (
+            "dict",
+            "list",
+            "tuple",
+            "set",
+            "frozenset",
+            "int",
+            "float",
+            "complex",
+            "str",
+            "bytes",
+            "bytearray",
+            "bool",
+        )
+    ]
+    # Protocols 0-2 write ``bytes`` as ``_codecs.encode(text, "latin1")``: a pure text-to-bytes
+    # conversion (codec lookup only searches the ``encodings`` package).
+    + [("_codecs", "encode")]
 )
 
 _PANDAS_HINT = (

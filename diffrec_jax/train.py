@@ -311,6 +311,16 @@ def init_state(model, tx, key) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
 
 
+def write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class MetricWriter:
     """Appends JSON lines to ``metrics.jsonl`` (plot with any JSON-lines reader)."""
 
@@ -318,13 +328,22 @@ class MetricWriter:
         self.path = path
 
     def truncate_after(self, epoch: int) -> None:
-        """Drops records of epochs after ``epoch`` (written before an interruption)."""
+        """Drops records of epochs after ``epoch`` (written before an interruption).
+
+        A line cut short by a kill is dropped too; the file is replaced atomically.
+        """
         if not os.path.exists(self.path):
             return
+        keep = []
         with open(self.path) as f:
-            keep = [ln for ln in f if ln.strip() and json.loads(ln).get("epoch", 0) <= epoch]
-        with open(self.path, "w") as f:
-            f.writelines(keep)
+            for ln in f:
+                try:
+                    rec = json.loads(ln)
+                except json.JSONDecodeError:
+                    continue  # a partial line from an interrupted write
+                if isinstance(rec, dict) and rec.get("epoch", 0) <= epoch:
+                    keep.append(json.dumps(rec) + "\n")
+        write_atomic(self.path, "".join(keep))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -375,8 +394,7 @@ def _fit_closed_form(model, config, data: InteractionData, workdir: str) -> dict
         "train_time_s": fit_s,
         "eval_time_s": eval_s,
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     log.info("%s fitted in %.1fs: test %s", config.model.name, fit_s, res["test"])
     return results
 
@@ -579,8 +597,7 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
             ],
             **common,
         }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
 
 

@@ -129,3 +129,13 @@ def test_four_devices_equal_one_device(tmp_path):
     for a, b in zip(l1, l4):
         if "train/loss" in a:
             assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-5)
+
+
+def test_metrics_writer_survives_a_line_cut_by_a_kill(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "a": 1}\n{"epoch": 2, "a": 2}\n{"epoch": 3, "a"')
+    w = train.MetricWriter(str(path))
+    w.truncate_after(2)
+    assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2]
+    w.write({"epoch": 3})
+    assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2, 3]

@@ -13,8 +13,8 @@ then train L-DiffRec on the same data with the embeddings:
 ``--config`` is any config (usually the L-DiffRec one you will train): only its ``data`` group
 (any data source), ``seed`` and ``eval`` group are used, so the embedding rows are the same items,
 in the same order, as L-DiffRec's. The model, optimizer and schedule come from ``--lightgcn.*``
-(LightGCN paper defaults: 64 dimensions, 3 layers, L2 1e-4, Adam 1e-3), e.g.
-``--lightgcn.emb_dim=32 --lightgcn.num_epochs=50``. Training is the standard trainer (resumable
+(defaults as ``configs/lightgcn_ml1m.py``: 64 dimensions, 3 layers, L2 1e-4, Adam 1e-3, steps of
+1024 users x 64 BPR pairs), e.g. ``--lightgcn.emb_dim=32 --lightgcn.num_epochs=50``. Training is the standard trainer (resumable
 with the same ``--workdir``, best validation epoch kept); the best epoch's propagated item
 embeddings are written to ``<workdir>/item_emb.npy`` (float32 ``[n_items, emb_dim]``), and
 copied to ``--out`` if given: ``--out=<dir of a diffrec_npy dataset>/item_emb.npy`` makes the
@@ -41,11 +41,11 @@ def lightgcn_defaults() -> ml_collections.ConfigDict:
     c.emb_dim = 64  # embedding width d (the width of item_emb.npy)
     c.n_layers = 3  # propagation layers K; the output is the mean of layers 0..K
     c.reg = 1e-4  # L2 weight on the batch's layer-0 embeddings
-    c.samples_per_user = 32  # BPR (user, positive, negative) triples per user and epoch
+    c.samples_per_user = 64  # BPR (positive, negative) pairs per user and epoch
     c.init_std = 0.1  # N(0, init_std^2) initialisation
     c.lr = 1e-3  # Adam learning rate
-    c.batch_size = 400  # users per step
-    c.num_epochs = 100  # maximum epochs
+    c.batch_size = 1024  # users per step (every step propagates the whole graph)
+    c.num_epochs = 400  # maximum epochs (early stopping usually ends sooner)
     c.eval_every_epochs = 5  # evaluate (and checkpoint) every this many epochs
     c.patience_epochs = 20  # stop after this many epochs without a better validation metric
     return c

@@ -357,7 +357,11 @@ def average_rows(values_NxM: np.ndarray, names, *, drop_remainder_of: int = 0, b
         avg = np.mean(chunks, axis=0)
     else:
         avg = v.mean(0)
-    return {n: float(a) for n, a in zip(names, avg)}
+    out = {n: float(a) for n, a in zip(names, avg)}
+    # one held-out item per row: recall@K equals HR@K; kept under both names so the shared
+    # launcher and experiments/reproduce.py (which show recall@K) print it
+    out.update({n.replace("hr@", "recall@"): out[n] for n in names if n.startswith("hr@")})
+    return out
 
 
 def eval_split(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_id: int) -> dict:

@@ -183,7 +183,7 @@ def test_sasrec_end_to_end_and_exact_resume(tmp_path):
     cfg.train.num_epochs = 2
     cfg.train.eval_every_epochs = 1
     full = seq_train.train_and_evaluate(cfg, str(tmp_path / "full"))
-    assert set(full["test"]) == {f"{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10, 20)}
+    assert set(full["test"]) == {f"{m}@{k}" for m in ("hr", "ndcg", "recall") for k in (5, 10, 20)}
     assert 0.0 < full["test"]["hr@20"] <= 1.0 and full["params"] > 0
     on_disk = json.loads((tmp_path / "full" / "results.json").read_text())
     assert on_disk["test"] == full["test"]

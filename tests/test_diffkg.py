@@ -88,6 +88,12 @@ def test_projected_reverse_norm_equals_generic_chain(np_rng):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(DK.projected_reverse_norm(den, sched, x0, out_cols=9)),
                                np.asarray(want)[:, :9], rtol=1e-4, atol=1e-5)
+    r, c = np.nonzero(np.asarray(x0))
+    pad = 5
+    sp = (jnp.asarray(np.concatenate([r, np.zeros(pad, int)])), jnp.asarray(np.concatenate([c, np.zeros(pad, int)])),
+          jnp.asarray(np.arange(len(r) + pad) < len(r)), 6)
+    np.testing.assert_allclose(np.asarray(DK.projected_reverse_norm(den, sched, None, sparse=sp)),
+                               np.asarray(want), rtol=1e-4, atol=1e-5)
 
 
 def _tiny(tmp_path, np_rng, n_users=30, n_items=20, n_ent=35):

@@ -156,8 +156,8 @@ def kg_schedule(steps: int, noise_scale: float, noise_min: float, noise_max: flo
     return schedules.from_betas(b)
 
 
-def projected_reverse_norm(denoiser: DiffRecDenoiser, schedule: schedules.Schedule, x_BxE: jnp.ndarray,
-                           out_cols: int | None = None) -> jnp.ndarray:
+def projected_reverse_norm(denoiser: DiffRecDenoiser, schedule: schedules.Schedule, x_BxE: jnp.ndarray | None,
+                           out_cols: int | None = None, *, sparse: tuple | None = None) -> jnp.ndarray:
     """The deterministic chain ``x <- c1_t f(x, t) + c2_t x`` (``t = T-1..0``) of an x0-predicting
     :class:`DiffRecDenoiser` **with input L2 normalisation**, in its hidden space.
 
@@ -176,14 +176,17 @@ def projected_reverse_norm(denoiser: DiffRecDenoiser, schedule: schedules.Schedu
     Args:
       denoiser: merged denoiser with ``norm=True``.
       schedule: its schedule.
-      x_BxE: start rows.
+      x_BxE: dense start rows, or None with ``sparse``.
       out_cols: compute only the first ``out_cols`` output columns (default all).
+      sparse: binary start rows as ``(row_N, col_N, valid_N, B)`` (one entry per non-zero, padded
+        entries ``valid = False``): the initial projections become sums of ``N`` kernel rows
+        instead of ``B x E`` products.
 
     Returns:
       ``[B, out_cols]`` the chain's final ``x``.
     """
     act = activation(denoiser.act_name)
-    E = x_BxE.shape[-1]
+    E = denoiser.in_features
     first = denoiser.in_layers[0]
     w_first = first.kernel[...]
     w_x, w_emb = w_first[:E], w_first[E:]
@@ -220,9 +223,19 @@ def projected_reverse_norm(denoiser: DiffRecDenoiser, schedule: schedules.Schedu
         c_2 = c1 * (a @ wb + bb) + c2 * c
         return (h2, o2, c_2, n2), None
 
-    x = x_BxE
-    state = (jnp.matmul(x, w_x, precision=hp), jnp.matmul(x, w_o.T, precision=hp), x @ b_o,
-             jnp.sum(x * x, -1))
+    if sparse is None:
+        x = x_BxE
+        state = (jnp.matmul(x, w_x, precision=hp), jnp.matmul(x, w_o.T, precision=hp), x @ b_o,
+                 jnp.sum(x * x, -1))
+    else:
+        row, col, valid, B = sparse
+        v = valid.astype(jnp.float32)
+        seg = jnp.where(valid, row, B)  # padding entries go to a dropped segment
+
+        def ssum(vals):
+            return jax.ops.segment_sum(vals, seg, num_segments=B + 1)[:B]
+
+        state = (ssum(w_x[col] * v[:, None]), ssum(w_o.T[col] * v[:, None]), ssum(b_o[col] * v), ssum(v))
     T = schedule.num_steps
     state, _ = jax.lax.scan(step, state, jnp.arange(T - 1, 0, -1, dtype=jnp.int32))
     a = hidden(state[0], state[3], 0)
@@ -263,7 +276,8 @@ class DiffKG:
     0, ``ssl_reg`` 0.1, ``temp`` 0.1, ``reg`` 1e-7, ``samples_per_user`` 8, ``gcn`` "lightgcn",
     ``lr`` 1e-3; denoiser ``dims`` (1000,), ``emb_size`` 10, ``norm`` True, ``dropout`` 0.5;
     ``e_loss`` 0.5, ``rebuild_k`` 1, ``keep_rate`` 0.5, ``diff_batch`` 1024, ``diff_lr`` 1e-3,
-    ``kg_path``. Schedule from ``config.diffusion``: ``steps`` 5, ``noise_scale`` 0.1,
+    ``kg_path``, ``kg_every`` 1 (diffusion pass + rebuild every this many epochs; 1 = reference),
+    ``use_diffusion`` True (False: ablation without the denoised view). Schedule from ``config.diffusion``: ``steps`` 5, ``noise_scale`` 0.1,
     ``noise_min`` 1e-4, ``noise_max`` 0.02. Training: ``config.train.num_epochs``,
     ``batch_size`` (users per recommender step), ``patience_epochs``; ``config.eval``.
     """
@@ -276,7 +290,7 @@ class DiffKG:
         "triplet_num": 10, "cl_pattern": 0, "ssl_reg": 0.1, "temp": 0.1, "reg": 1e-7,
         "samples_per_user": 8, "gcn": "lightgcn", "lr": 1e-3, "dims": (1000,), "emb_size": 10,
         "norm": True, "dropout": 0.5, "e_loss": 0.5, "rebuild_k": 1, "keep_rate": 0.5,
-        "diff_batch": 1024, "diff_lr": 1e-3, "kg_path": "", "use_diffusion": True,
+        "diff_batch": 1024, "diff_lr": 1e-3, "kg_path": "", "use_diffusion": True, "kg_every": 1,
     }
 
     def __init__(self, config: Any, data: Any, kg: K.KnowledgeGraph | None = None):
@@ -324,7 +338,7 @@ class DiffKG:
         m = config.model
         get = lambda f: m.get(f, DiffKG.DEFAULTS[f]) if f in m else DiffKG.DEFAULTS[f]  # noqa: E731
         for f, lo in (("emb_dim", 1), ("gnn_layers", 0), ("kg_layers", 1), ("samples_per_user", 1),
-                      ("rebuild_k", 1), ("diff_batch", 1), ("emb_size", 1)):
+                      ("rebuild_k", 1), ("diff_batch", 1), ("emb_size", 1), ("kg_every", 1)):
             v = get(f)
             if int(v) != v or v < lo:
                 raise ValueError(f"config.model.{f} must be an integer >= {lo}, got {v}")
@@ -463,20 +477,35 @@ class DiffKG:
         return jax.ops.segment_sum(user_Uxd[self.x_users], self.x_items, num_segments=self.I)
 
     def denoise_topk(self, dparams, rows: np.ndarray, k: int) -> np.ndarray:
-        """Top-``k`` columns of the reverse chain run from the clean rows of ``rows``, ``[B, k]``."""
-        x0 = jnp.asarray(self.kg.adjacency_rows(rows))
-        return np.asarray(self._topk_fn(dparams, x0, k))
+        """Top-``k`` columns of the reverse chain run from the clean rows of ``rows``, ``[B, k]``.
+
+        The rows enter as their non-zeros (padded to a power of two, so few shapes compile).
+        """
+        rows = np.asarray(rows, np.int64)
+        tails, _, mask = self.kg.neighbor_lists(rows)
+        r_idx = np.nonzero(mask)
+        nnz = len(r_idx[0])
+        size = 1 << max(int(nnz - 1).bit_length(), 4)
+        row = np.zeros(size, np.int32)
+        col = np.zeros(size, np.int32)
+        valid = np.zeros(size, bool)
+        row[:nnz], col[:nnz], valid[:nnz] = r_idx[0], tails[r_idx], True
+        self._make_fns()
+        return np.asarray(self._topk_fn(dparams, jnp.asarray(row), jnp.asarray(col), jnp.asarray(valid),
+                                        len(rows), k))
 
     def _make_fns(self):
         if hasattr(self, "_topk_fn"):
             return
 
         @jax.jit
-        def topk_fn(dparams, x0, k_arr):
-            out = projected_reverse_norm(nnx.merge(self.denoiser_graphdef, dparams), self.schedule, x0)
+        def topk_fn(dparams, row, col, valid, b_arr, k_arr):
+            den = nnx.merge(self.denoiser_graphdef, dparams)
+            out = projected_reverse_norm(den, self.schedule, None, sparse=(row, col, valid, b_arr.shape[0]))
             return jax.lax.top_k(out, k_arr.shape[0])[1]
 
-        self._topk_fn = lambda p, x0, k: topk_fn(p, x0, jnp.zeros((k,), jnp.int32))
+        self._topk_fn = lambda p, row, col, valid, B, k: topk_fn(
+            p, row, col, valid, jnp.zeros((B,), jnp.int32), jnp.zeros((k,), jnp.int32))
 
     def rebuild(self, dparams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The denoised sub-KG (module docstring): top-k tails, reverses added, filtered to the
@@ -488,7 +517,6 @@ class DiffKG:
         g = self._get
         k = int(g("rebuild_k"))
         bs = int(g("diff_batch"))
-        self._make_fns()
         tails = np.concatenate([self.denoise_topk(dparams, np.arange(s, min(self.E, s + bs)), k)
                                 for s in range(0, self.E, bs)], 0)  # [E, k]
         h = np.repeat(np.arange(self.E, dtype=np.int64), k)
@@ -518,9 +546,88 @@ class DiffKG:
         """Main-view users and items without dropout."""
         return self.view(rec, main_edges, None)
 
+    def make_steps(self):
+        """Builds the jitted recommender and diffusion steps and their optimizers (once)."""
+        if hasattr(self, "_rec_step"):
+            return
+        g = self._get
+        self.tx_r, self.tx_d = optax.adam(float(g("lr"))), optax.adam(float(g("diff_lr")))
+
+        @jax.jit
+        def rec_step(rec, opt, x, users, mask, main_e, aux_e, k):
+            (loss, aux), gr = jax.value_and_grad(
+                lambda p: self.rec_loss(p, x, users, mask, main_e, aux_e, k), has_aux=True)(rec)
+            up, opt = self.tx_r.update(gr, opt, rec)
+            return optax.apply_updates(rec, up), opt, loss, aux
+
+        @jax.jit
+        def diff_step(dp, opt, x0, rows, mask, iu, ent, k):
+            (loss, aux), gr = jax.value_and_grad(
+                lambda p: self.diffusion_loss(p, x0, rows, mask, iu, ent, k), has_aux=True)(dp)
+            up, opt = self.tx_d.update(gr, opt, dp)
+            return optax.apply_updates(dp, up), opt, loss, aux
+
+        self._rec_step, self._diff_step = rec_step, diff_step
+        self._final_fn = jax.jit(self.final_embeddings)
+
+    def diffusion_epoch(self, dparams, opt_d, rec: dict, order: np.ndarray, key: jax.Array,
+                        on_batch=None) -> tuple[Any, Any, float]:
+        """One pass of diffusion training over the entity rows in ``order`` (batches of
+        ``diff_batch``; dense ``[B, E]`` rows are built per batch from the CSR; the last batch is
+        padded and masked).
+
+        Returns:
+          ``(dparams, opt_d, mean loss)``.
+        """
+        self.make_steps()
+        bs = min(int(self._get("diff_batch")), self.E)
+        iu = jax.lax.stop_gradient(self.item_users(rec["user"]))
+        ent = jax.lax.stop_gradient(rec["entity"])
+        losses = []
+        for b, s in enumerate(range(0, len(order), bs)):
+            rows = order[s : s + bs]
+            mask = np.ones(bs, bool)
+            if len(rows) < bs:
+                mask[len(rows):] = False
+                rows = np.concatenate([rows, np.zeros(bs - len(rows), rows.dtype)])
+            x0 = jnp.asarray(self.kg.adjacency_rows(rows))
+            dparams, opt_d, loss, _ = self._diff_step(dparams, opt_d, x0, jnp.asarray(rows, jnp.int32),
+                                                      jnp.asarray(mask), iu, ent, jax.random.fold_in(key, b))
+            losses.append(loss)
+            if on_batch is not None:
+                on_batch(b, loss)
+        return dparams, opt_d, float(np.mean(jax.device_get(losses)))
+
+    def rec_epoch(self, rec: dict, opt_r, order: np.ndarray, main_e: tuple, aux_e: tuple,
+                  key: jax.Array) -> tuple[dict, Any, float]:
+        """One pass of recommender training over the users in ``order``.
+
+        Returns:
+          ``(rec, opt_r, mean loss)``.
+        """
+        self.make_steps()
+        bs = min(int(self.config.train.batch_size), self.U)
+        x_train = self.data.train.binary()
+        losses = []
+        for b, s in enumerate(range(0, len(order), bs)):
+            users = order[s : s + bs]
+            mask = np.ones(bs, bool)
+            if len(users) < bs:
+                mask[len(users):] = False
+                users = np.concatenate([users, np.zeros(bs - len(users), users.dtype)])
+            x = jnp.asarray(x_train.to_dense(users))
+            rec, opt_r, loss, _ = self._rec_step(rec, opt_r, x, jnp.asarray(users, jnp.int32),
+                                                 jnp.asarray(mask), main_e, aux_e, jax.random.fold_in(key, b))
+            losses.append(loss)
+        return rec, opt_r, float(np.mean(jax.device_get(losses)))
+
     def fit(self, key: jax.Array, *, epoch_callback=None):
         """Trains DiffKG (module docstring, "Training"); returns ``(params, model_state)`` with the
         best epoch's final embeddings in ``model_state = {"user_final", "item_final"}``.
+
+        Epoch: diffusion pass + rebuild (every ``kg_every`` epochs; 1 = the reference), recommender
+        pass, validation. ``use_diffusion = False`` keeps the original view only in both branches
+        (an ablation: RGAT + LightGCN + BPR, the InfoNCE then ties two dropout draws).
 
         Args:
           key: PRNG key.
@@ -536,58 +643,26 @@ class DiffKG:
         orig_edges = self._pad_edges(orig, orig[0].shape[0])
         den_size = 2 * self.E * int(g("rebuild_k"))
         use_diff = bool(g("use_diffusion"))
-        tx_r, tx_d = optax.adam(float(g("lr"))), optax.adam(float(g("diff_lr")))
-        opt_r, opt_d = tx_r.init(rec), tx_d.init(dparams)
+        kg_every = int(g("kg_every"))
+        self.make_steps()
+        opt_r, opt_d = self.tx_r.init(rec), self.tx_d.init(dparams)
         cl_pattern = int(g("cl_pattern"))
-
-        @jax.jit
-        def rec_step(rec, opt, x, users, mask, main_e, aux_e, k):
-            (loss, aux), gr = jax.value_and_grad(
-                lambda p: self.rec_loss(p, x, users, mask, main_e, aux_e, k), has_aux=True)(rec)
-            up, opt = tx_r.update(gr, opt, rec)
-            return optax.apply_updates(rec, up), opt, loss, aux
-
-        @jax.jit
-        def diff_step(dp, opt, x0, rows, mask, iu, ent, k):
-            (loss, aux), gr = jax.value_and_grad(
-                lambda p: self.diffusion_loss(p, x0, rows, mask, iu, ent, k), has_aux=True)(dp)
-            up, opt = tx_d.update(gr, opt, dp)
-            return optax.apply_updates(dp, up), opt, loss, aux
-
-        final_fn = jax.jit(self.final_embeddings)
         ks = tuple(int(k) for k in cfg.eval.topk)
         select = cfg.eval.select_metric
         tcfg = cfg.train
-        bs_u = min(int(tcfg.batch_size), self.U)
-        bs_e = min(int(g("diff_batch")), self.E)
-        x_train = self.data.train.binary()
-        best = {"score": -math.inf, "epoch": 0, "user": None, "item": None, "valid": None, "test": None}
+        best = {"score": -math.inf, "epoch": 0, "user": None, "item": None}
         self.history = []
-        step = 0
         den_edges = orig_edges
         for epoch in range(1, int(tcfg.num_epochs) + 1):
-            if epoch - best["epoch"] >= int(tcfg.patience_epochs) and best["epoch"] > 0:
+            if best["epoch"] > 0 and epoch - best["epoch"] >= int(tcfg.patience_epochs):
                 log.info("diffkg: early stop before epoch %d (best epoch %d)", epoch, best["epoch"])
                 break
             rec_log = {"epoch": epoch}
             t0 = time.perf_counter()
-            if use_diff:
-                iu = jax.lax.stop_gradient(self.item_users(rec["user"]))
-                ent = jax.lax.stop_gradient(rec["entity"])
+            if use_diff and (epoch - 1) % kg_every == 0:
                 order = np.random.default_rng([seed, epoch, 1]).permutation(self.E)
-                dl = []
-                for s in range(0, self.E, bs_e):
-                    rows = order[s : s + bs_e]
-                    mask = np.ones(bs_e, bool)
-                    if len(rows) < bs_e:
-                        mask[len(rows):] = False
-                        rows = np.concatenate([rows, np.zeros(bs_e - len(rows), rows.dtype)])
-                    x0 = jnp.asarray(self.kg.adjacency_rows(rows))
-                    dparams, opt_d, loss, _ = diff_step(dparams, opt_d, x0, jnp.asarray(rows, jnp.int32),
-                                                        jnp.asarray(mask), iu, ent, jax.random.fold_in(k_train, 2 * step))
-                    dl.append(loss)
-                    step += 1
-                rec_log["diff_loss"] = float(np.mean(jax.device_get(dl)))
+                dparams, opt_d, rec_log["diff_loss"] = self.diffusion_epoch(
+                    dparams, opt_d, rec, order, jax.random.fold_in(k_train, 2 * epoch))
                 rec_log["diff_s"] = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 den = self.rebuild(dparams, rng)
@@ -597,40 +672,31 @@ class DiffKG:
             main_e, aux_e = (den_edges, orig_edges) if cl_pattern == 0 else (orig_edges, den_edges)
             t1 = time.perf_counter()
             order = np.random.default_rng([seed, epoch, 2]).permutation(self.U)
-            rl = []
-            for s in range(0, self.U, bs_u):
-                users = order[s : s + bs_u]
-                mask = np.ones(bs_u, bool)
-                if len(users) < bs_u:
-                    mask[len(users):] = False
-                    users = np.concatenate([users, np.zeros(bs_u - len(users), users.dtype)])
-                x = jnp.asarray(x_train.to_dense(users))
-                rec, opt_r, loss, _ = rec_step(rec, opt_r, x, jnp.asarray(users, jnp.int32), jnp.asarray(mask),
-                                               main_e, aux_e, jax.random.fold_in(k_train, 2 * step + 1))
-                rl.append(loss)
-                step += 1
-            rec_log["rec_loss"] = float(np.mean(jax.device_get(rl)))
+            rec, opt_r, rec_log["rec_loss"] = self.rec_epoch(rec, opt_r, order, main_e, aux_e,
+                                                             jax.random.fold_in(k_train, 2 * epoch + 1))
             rec_log["rec_s"] = time.perf_counter() - t1
             if not (math.isfinite(rec_log["rec_loss"]) and math.isfinite(rec_log.get("diff_loss", 0.0))):
                 raise FloatingPointError(f"diffkg: non-finite loss in epoch {epoch}: {rec_log}")
             t1 = time.perf_counter()
-            uf, itf = final_fn(rec, main_e)
+            uf, itf = self._final_fn(rec, main_e)
             res = self.evaluate_embeddings(uf, itf, ks)
             rec_log["eval_s"] = time.perf_counter() - t1
             rec_log.update({f"valid/{k}": v for k, v in res["valid"].items()})
             rec_log.update({f"test/{k}": v for k, v in res["test"].items()})
             score = round(res["valid"][select], int(cfg.eval.get("select_digits", 4)))
             if score > best["score"]:
-                best.update(score=score, epoch=epoch, user=uf, item=itf, valid=res["valid"], test=res["test"])
+                best.update(score=score, epoch=epoch, user=uf, item=itf)
             rec_log["epoch_s"] = time.perf_counter() - t0
             self.history.append(rec_log)
             log.info("diffkg epoch %d: %s", epoch, {k: (round(v, 4) if isinstance(v, float) else v)
-                                                    for k, v in rec_log.items()})
+                                                    for k, v in rec_log.items()
+                                                    if not k.startswith(("valid/hr", "valid/mrr", "valid/prec",
+                                                                         "test/hr", "test/mrr", "test/prec"))})
             if epoch_callback is not None:
                 epoch_callback(rec_log)
         self.best_epoch = best["epoch"]
-        params = {"rec": rec, "denoiser": dparams}
-        return params, {"user_final": best["user"], "item_final": best["item"]}
+        log.info("diffkg: best epoch %d (valid %s = %.4f)", best["epoch"], select, best["score"])
+        return {"rec": rec, "denoiser": dparams}, {"user_final": best["user"], "item_final": best["item"]}
 
     def evaluate_embeddings(self, users_Uxd, items_Ixd, ks, batch: int = 2048) -> dict:
         """Full-ranking valid (train masked) and test (train + valid masked) metrics."""

@@ -78,8 +78,8 @@ GRIDS = {
         {"data.time_weights": (0.7, 1.0)},
     ],
     "ease": [{}, {"model.l2": 200.0}, {"model.l2": 500.0}, {"model.l2": 3000.0}],
-    "itemknn": [{}, {"model.topk": 50}, {"model.topk": 200}, {"model.shrink": 0.0}],
-    "rp3beta": [{}, {"model.alpha": 0.6}, {"model.beta": 0.3}, {"model.topk": 200}],
+    "itemknn": [{}, {"model.topk": 50}, {"model.topk": 200}, {"model.shrink": 10.0}],
+    "rp3beta": [{}, {"model.alpha": 0.8}, {"model.beta": 0.5}, {"model.topk": 200}],
     "multvae": [{}, {"optim.lr": 5e-4}, {"model.anneal_cap": 0.4}, {"model.dropout": 0.3}],
     "lightgcn": [{}, {"model.n_layers": 2}, {"model.reg": 1e-3}, {"optim.lr": 5e-3}],
 }

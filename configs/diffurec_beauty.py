@@ -72,6 +72,7 @@ def get_config(variant: str = "faithful"):
     c.train.patience_epochs = 100  # 5 evaluations without improvement
     c.train.sampling = "permutation"
     c.train.scan_steps = 16  # 257 steps per epoch
+    c.train.length_buckets = ()  # e.g. (8, 16, 32): batches of similar history length, cut to that width (length-invariant models)
     c.train.max_to_keep = 2
 
     c.eval = ml_collections.ConfigDict()

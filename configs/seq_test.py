@@ -61,6 +61,7 @@ def get_config(model: str = "sasrec"):
     c.train.patience_epochs = 20
     c.train.sampling = "permutation"  # permutation | independent
     c.train.scan_steps = 16
+    c.train.length_buckets = ()  # e.g. (8, 16, 32): batches of similar history length, cut to that width (length-invariant models)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.topk = (5, 10, 20)

@@ -174,8 +174,19 @@ def split_arrays(sp: SeqSplit) -> dict:
     }
 
 
-def _gather(arrays: dict, idx_B: jnp.ndarray) -> dict:
-    return {k: v[idx_B] for k, v in arrays.items()}
+def _gather(arrays: dict, idx_B: jnp.ndarray, width: int | None = None) -> dict:
+    """Rows ``idx_B`` of every array; with ``width``, only the last ``width`` history columns
+    (left-padded histories of at most ``width`` items lose nothing but padding)."""
+    out = {k: v[idx_B] for k, v in arrays.items()}
+    if width is not None:
+        out["seq"] = out["seq"][:, -width:]
+    return out
+
+
+def length_buckets(lengths_N: np.ndarray, buckets, max_len: int) -> tuple[np.ndarray, tuple]:
+    """Bucket index of each row (the smallest width ``>=`` its length) and the sorted widths."""
+    widths = tuple(sorted({int(b) for b in buckets if 0 < int(b) < max_len} | {int(max_len)}))
+    return np.searchsorted(np.asarray(widths), lengths_N, side="left"), widths
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,17 +210,42 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, sampling: str)
     return idx, np.ones_like(idx, bool)
 
 
-def make_train_chunk(model, tx):
+def bucketed_epoch_batches(bucket_N: np.ndarray, n_buckets: int, batch_size: int, seed: int, epoch: int):
+    """Batches of rows of one length bucket, a pure function of ``(seed, epoch)``.
+
+    Each bucket's rows are shuffled and cut into batches (the last one padded, mask False); the
+    batches of all buckets are then shuffled together, so consecutive steps mix lengths.
+
+    Returns:
+      list of ``(bucket, idx_B int32, mask_B bool)`` in training order.
+    """
+    rng = np.random.default_rng([seed, epoch, 1])
+    out = []
+    for b in range(n_buckets):
+        rows = np.flatnonzero(bucket_N == b)
+        if rows.size == 0:
+            continue
+        idx, mask = padded_batches(rng.permutation(rows).astype(np.int32), min(batch_size, rows.size))
+        if idx.shape[1] < batch_size:  # one compiled shape per width
+            pad = batch_size - idx.shape[1]
+            idx = np.pad(idx, ((0, 0), (0, pad)))
+            mask = np.pad(mask, ((0, 0), (0, pad)))
+        out += [(b, idx[i], mask[i]) for i in range(idx.shape[0])]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def make_train_chunk(model, tx, width: int | None = None):
     """Jitted ``(state, arrays, idx_SxB, mask_SxB, valid_S, k_train) -> (state, loss_S)``: a scan of ``S`` steps.
 
     Step ``s`` uses ``key = fold_in(k_train, state.step)``; steps with ``valid_S[s]`` False leave the
     state untouched (``lax.cond``), so an epoch's last, shorter chunk reuses the same compiled
-    program. The state is donated.
+    program. The state is donated. ``width`` keeps only the last ``width`` history columns
+    (length bucketing, see :func:`bucketed_epoch_batches`).
     """
 
     def step(state, arrays, k_train, idx_B, mask_B):
         key = jax.random.fold_in(k_train, state.step)
-        batch = _gather(arrays, idx_B)
+        batch = _gather(arrays, idx_B, width)
 
         def loss_fn(params):
             return model.loss(params, state.model_state, batch, mask_B, key)
@@ -265,7 +301,8 @@ _PARTS_CACHE: dict = {}
 
 
 def _compiled_parts(config, data: SequenceData, steps_per_epoch: int):
-    """``(model, tx, chunk_fn)`` for ``config`` on ``data``, reused across runs in one process."""
+    """``(model, tx, get_chunk)`` for ``config`` on ``data``, reused across runs in one process;
+    ``get_chunk(width)`` is the jitted training chunk for histories cut to ``width`` columns."""
     cfg = json.loads(config.to_json_best_effort())
     for path in _RUN_ONLY_FIELDS:
         node = cfg
@@ -283,7 +320,14 @@ def _compiled_parts(config, data: SequenceData, steps_per_epoch: int):
         _EVAL_CACHE.clear()
         model = get_model(config, data)
         tx = make_seq_optimizer(config.optim, steps_per_epoch)
-        _PARTS_CACHE[key] = (model, tx, make_train_chunk(model, tx))
+        chunks: dict = {}
+
+        def get_chunk(width=None):
+            if width not in chunks:
+                chunks[width] = make_train_chunk(model, tx, width)
+            return chunks[width]
+
+        _PARTS_CACHE[key] = (model, tx, get_chunk)
     return _PARTS_CACHE[key]
 
 
@@ -313,7 +357,7 @@ def target_rank(scores_BxV: jnp.ndarray, target_B: jnp.ndarray) -> jnp.ndarray:
     return jnp.sum((scores_BxV > s_t) | ((scores_BxV == s_t) & (ids < target_B[:, None])), axis=1)
 
 
-def make_eval_step(model, ks, pad_id: int, score_padding: bool):
+def make_eval_step(model, ks, pad_id: int, score_padding: bool, width: int | None = None):
     """Jitted ``(params, model_state, arrays, idx_B, key) -> values_BxM`` per-row HR/NDCG.
 
     Row ``n`` uses ``fold_in(key, n)``. With one target per row, the ranked list's hit vector is
@@ -327,7 +371,7 @@ def make_eval_step(model, ks, pad_id: int, score_padding: bool):
 
     @jax.jit
     def eval_step(params, model_state, arrays, idx_B, key):
-        batch = _gather(arrays, idx_B)
+        batch = _gather(arrays, idx_B, width)
         keys_B = jax.vmap(lambda n: jax.random.fold_in(key, n))(idx_B)
         scores = model.score(params, model_state, batch, keys_B)
         if not score_padding:
@@ -364,15 +408,32 @@ def average_rows(values_NxM: np.ndarray, names, *, drop_remainder_of: int = 0, b
     return out
 
 
-def eval_split(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_id: int) -> dict:
-    """Full-ranking HR/NDCG of one split; ``{"exact": {...}, "reference": {...}, "rows": n}``."""
+def eval_split(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_id: int, *,
+               lengths: np.ndarray | None = None, buckets=(), max_len: int | None = None) -> dict:
+    """Full-ranking HR/NDCG of one split; ``{"exact": {...}, "reference": {...}}``.
+
+    With ``buckets`` (and the rows' ``lengths``), rows are evaluated in groups of similar history
+    length, each with only its last ``width`` columns (length-invariant models only); row ``n`` still
+    uses ``fold_in(key, n)`` and the values are put back in row order before averaging.
+    """
     ks = tuple(int(k) for k in ecfg.topk)
-    step = _cached_eval_step(model, ks, pad_id, bool(ecfg.get("score_padding", True)))
+    score_padding = bool(ecfg.get("score_padding", True))
     bs = min(int(ecfg.batch_size), n)
-    idx, mask = padded_batches(np.arange(n, dtype=np.int32), bs)
-    outs = [step(params, model_state, arrays, idx[b], key) for b in range(idx.shape[0])]
-    vals = np.concatenate(jax.device_get(outs), 0)[:n]
+    if buckets and lengths is not None:
+        bucket_N, widths = length_buckets(lengths[:n], buckets, max_len)
+        groups = [(widths[b], np.flatnonzero(bucket_N == b)) for b in range(len(widths))]
+        groups = [(None if w == max_len else w, rows) for w, rows in groups]
+    else:
+        groups = [(None, np.arange(n))]
     names = metric_names(ks)
+    vals = np.zeros((n, len(names)), np.float32)
+    for width, rows in groups:
+        if rows.size == 0:
+            continue
+        step = _cached_eval_step(model, ks, pad_id, score_padding, width)
+        idx, _ = padded_batches(rows.astype(np.int32), bs)
+        outs = [step(params, model_state, arrays, idx[b], key) for b in range(idx.shape[0])]
+        vals[rows] = np.concatenate(jax.device_get(outs), 0)[: rows.size]
     exact = average_rows(vals, names)
     ref = average_rows(
         vals, names,
@@ -385,11 +446,12 @@ def eval_split(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_
 _EVAL_CACHE: dict = {}
 
 
-def _cached_eval_step(model, ks, pad_id, score_padding):
-    k = (id(model), ks, pad_id, score_padding)
+def _cached_eval_step(model, ks, pad_id, score_padding, width=None):
+    k = (id(model), ks, pad_id, score_padding, width)
     if k not in _EVAL_CACHE:
-        _EVAL_CACHE.clear()
-        _EVAL_CACHE[k] = make_eval_step(model, ks, pad_id, score_padding)
+        for old in [c for c in _EVAL_CACHE if c[0] != id(model)]:
+            del _EVAL_CACHE[old]
+        _EVAL_CACHE[k] = make_eval_step(model, ks, pad_id, score_padding, width)
     return _EVAL_CACHE[k]
 
 
@@ -427,7 +489,18 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
     sampling = t_cfg.get("sampling", "permutation")
     N, bs = len(data.train), min(int(t_cfg.batch_size), len(data.train))
     steps_per_epoch = math.ceil(N / bs) if sampling == "permutation" else max(1, N // bs)
-    model, tx, chunk_fn = _compiled_parts(config, data, steps_per_epoch)
+    buckets = tuple(int(b) for b in (t_cfg.get("length_buckets") or ()))
+    if buckets:
+        bucket_N, widths = length_buckets(data.train.lengths, buckets, data.max_len)
+        steps_per_epoch = int(sum(math.ceil(np.sum(bucket_N == b) / bs) for b in range(len(widths))))
+    model, tx, get_chunk = _compiled_parts(config, data, steps_per_epoch)
+    if buckets and not (data.pad_side == "left" and getattr(model, "length_invariant", False)):
+        raise ValueError(
+            "config.train.length_buckets needs left-padded data and a model whose output does not "
+            f"depend on padding (e.g. DiffuRec with mask_mode='key' and no positions); got "
+            f"{config.model.name} on {data.pad_side}-padded {data.name!r}"
+        )
+    chunk_fn = get_chunk(None)
     seed = int(config.seed)
     k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
     k_valid, k_test = jax.random.fold_in(k_eval, 0), jax.random.fold_in(k_eval, 1)
@@ -460,7 +533,9 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
             "valid": (valid_arrays, len(data.valid), k_valid),
             "test": (test_arrays, len(data.test), k_test),
         }[which]
-        return eval_split(model, params, model_state, arrays, n, e_cfg, key, data.pad_id)
+        lengths = {"valid": data.valid.lengths, "test": data.test.lengths}[which]
+        return eval_split(model, params, model_state, arrays, n, e_cfg, key, data.pad_id,
+                          lengths=lengths, buckets=buckets, max_len=data.max_len)
 
     bar = _progress(t_cfg.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
     epoch = meta["epoch"]
@@ -471,7 +546,6 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
                 log.info("early stop before epoch %d (best epoch %d)", epoch, meta["best_epoch"])
                 epoch -= 1
                 break
-            idx, mask = epoch_batches(N, bs, seed, epoch, sampling)
             t0 = time.perf_counter()
 
             def on_chunk(losses, k):
@@ -479,7 +553,18 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
                     bar.set_postfix(epoch=epoch, loss=f"{float(losses[-2][-1]):.4g}", refresh=False)
                 bar.update(k)
 
-            state, losses = run_epoch_chunks(chunk_fn, state, train_arrays, idx, mask, k_train, S, on_chunk)
+            if buckets:
+                losses, n_ex = [], 0
+                for b, ib, mb in bucketed_epoch_batches(bucket_N, len(widths), bs, seed, epoch):
+                    w = None if widths[b] == data.max_len else widths[b]
+                    state, ls = get_chunk(w)(state, train_arrays, ib[None], mb[None], np.ones(1, bool), k_train)
+                    losses.append(ls)
+                    n_ex += int(mb.sum())
+                    on_chunk(losses, 1)
+            else:
+                idx, mask = epoch_batches(N, bs, seed, epoch, sampling)
+                n_ex = int(mask.sum())
+                state, losses = run_epoch_chunks(chunk_fn, state, train_arrays, idx, mask, k_train, S, on_chunk)
             losses = np.concatenate(jax.device_get(losses))
             dt = time.perf_counter() - t0
             meta["train_time_s"] += dt
@@ -489,7 +574,6 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
                     f"non-finite loss at epoch {epoch}, batch {bad}; last good checkpoint: epoch "
                     f"{meta['epoch']} in {ckpt.directory}"
                 )
-            n_ex = int(mask.sum())
             rec = {
                 "epoch": epoch, "step": int(state.step), "train/loss": float(losses.mean()),
                 "train/epoch_s": dt, "train/examples_per_s": n_ex / dt,

@@ -103,18 +103,22 @@ class DiffuRecNet(nnx.Module):
         s = timestep_embedding(t_B.astype(jnp.float32) * (1000.0 / T), self.H)
         return self.time2(jax.nn.silu(self.time1(s)))
 
-    def approximator(self, S_BxLxH, mask_BxL, x_t_BxH, t_B, T, lam_mean, lam_std, lam_key, key=None):
+    def approximator(self, S_BxLxH, mask_BxL, x_t_BxH, t_B, T, lam_mean, lam_std, lam_key, key=None,
+                     full_len: int | None = None):
         """``x0_hat = f(S, x_t, t)``: ``[B, H]`` at column ``L-1``.
 
-        ``lam_key`` (one key or per-example keys) draws ``lambda ~ N(mean, std)`` ``[B, L, H]``.
+        ``lam_key`` (one key or per-example keys) draws ``lambda ~ N(mean, std)`` ``[B, L, H]``;
+        with ``full_len`` it is drawn for ``full_len`` columns and the last ``L`` are used, so a
+        history cut to its last ``L`` columns sees the same values as the full one.
         """
         z = x_t_BxH + self.time_emb(t_B, T)
         shape = S_BxLxH.shape
+        lam_shape = (full_len or shape[1], shape[2])
         if is_key_batch(lam_key):
-            noise = jax.vmap(lambda k: jax.random.normal(k, shape[1:]))(lam_key)
+            noise = jax.vmap(lambda k: jax.random.normal(k, lam_shape))(lam_key)
         else:
-            noise = jax.random.normal(lam_key, shape)
-        lam = lam_mean + lam_std * noise
+            noise = jax.random.normal(lam_key, (shape[0],) + lam_shape)
+        lam = lam_mean + lam_std * noise[:, lam_shape[0] - shape[1]:]
         h = S_BxLxH + lam * z[:, None, :]
         last = jnp.full((shape[0],), shape[1] - 1, jnp.int32)
         return self.encoder.encode(h, mask_BxL, key, last)
@@ -141,6 +145,9 @@ class DiffuRec:
         self.lam_mean = float(self.mcfg.get("lambda_mean", 0.001))
         self.lam_std = float(self.mcfg.get("lambda_std", 0.001))
         self.mode = self.scfg.get("mode", "reverse")
+        # With the key-padding mask and no positions, padding columns never reach the output:
+        # histories may be cut to any width >= their length (length bucketing).
+        self.length_invariant = self.mcfg.get("mask_mode", "query") == "key" and not self.mcfg.get("pos_emb", False)
         self.graphdef = None
 
     @staticmethod
@@ -197,12 +204,13 @@ class DiffuRec:
         if mode == "one_step":
             t0 = jnp.zeros((B,), jnp.int32)
             return net.approximator(S, mask, jnp.zeros((B, H)), t0, self.T, self.lam_mean,
-                                    self.lam_std, fold(lam_keys, 0))
+                                    self.lam_std, fold(lam_keys, 0), full_len=self.L)
 
         def denoise_fn(x, t_B, cond):
             S_, m_, lk = cond
             k_t = jax.vmap(jax.random.fold_in)(lk, t_B)
-            return net.approximator(S_, m_, x, t_B, self.T, self.lam_mean, self.lam_std, k_t)
+            return net.approximator(S_, m_, x, t_B, self.T, self.lam_mean, self.lam_std, k_t,
+                                    full_len=self.L)
 
         x_T = samplers.normal_per_example(fold(keys_B, 1), 0, (B, H))
         return samplers.ancestral_sample(

@@ -662,21 +662,46 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
 # ----------------------------------------------------------------------------------------------
 
 
+# The references' own figures on this workplace's CPU, one thread, from the specs' "Measured
+# here" sections (seconds): dreamrec.md section 13, diffurec.md "Measured here".
+REFERENCE_SPEED = {
+    ("dreamrec", "yc"): {"epoch_s": 114.0, "valid_pass_s": 232.0, "test_pass_s": 257.0},
+    ("sasrec", "yc"): {"epoch_s": 164.0, "valid_pass_s": 13.1, "test_pass_s": 12.8},
+    ("diffurec", "amazon_beauty"): {"epoch_s": 2090.0, "valid_pass_s": 2590.0, "test_pass_s": 2590.0},
+}
+
+
+def machine_load() -> dict:
+    """One-minute load average, CPU count and the busiest other processes (for speed reports)."""
+    info = {"loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count()}
+    try:
+        import subprocess
+
+        ps = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True,
+                            text=True, timeout=10).stdout.splitlines()[1:7]
+        info["top_processes"] = [" ".join(ln.split()[:2] + [" ".join(ln.split()[2:])[:100]]) for ln in ps]
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    return info
+
+
 def measure_speed(config, *, train_steps: int | None = None, eval_rows: int | None = None,
-                  data: SequenceData | None = None) -> dict:
-    """Times the real training chunks and evaluation passes of ``config`` (compilation excluded).
+                  data: SequenceData | None = None, seed: int = 0) -> dict:
+    """Times the real training steps and evaluation passes of ``config`` (compilation excluded).
 
     Args:
       config: a sequential config.
       train_steps: optimizer steps to time (default: one full epoch); the epoch time is
-        extrapolated from the per-step time when fewer.
-      eval_rows: validation/test rows to time (default: the full split); a full pass is
-        extrapolated per row when fewer.
+        extrapolated from the per-step time when fewer (per width with length buckets).
+      eval_rows: validation/test rows to time, a seeded random subset (default: the full split);
+        a full pass is extrapolated per row when fewer.
 
     Returns:
-      ``{"step_ms", "epoch_s", "epoch_s_measured", "valid_pass_s", "test_pass_s", ...}`` with
-      the compile times and the numbers of timed steps and rows.
+      ``{"step_ms", "epoch_s", "valid_pass_s", "test_pass_s", ...}`` with the numbers of timed
+      steps and rows, the reference's figures and our speed-up where the spec has them
+      (``speedup_*``: reference time / ours), and the machine load.
     """
+    load_before = machine_load()
     data = load_seq_data(config.data) if data is None else data
     validate_config(config, data)
     model = get_model(config, data)
@@ -684,40 +709,82 @@ def measure_speed(config, *, train_steps: int | None = None, eval_rows: int | No
     sampling = t_cfg.get("sampling", "permutation")
     N, bs = len(data.train), min(int(t_cfg.batch_size), len(data.train))
     steps_per_epoch = math.ceil(N / bs) if sampling == "permutation" else max(1, N // bs)
-    tx = make_seq_optimizer(config.optim, steps_per_epoch)
+    buckets = tuple(int(b) for b in (t_cfg.get("length_buckets") or ()))
     k_init, k_train, k_eval = jax.random.split(jax.random.key(int(config.seed)), 3)
-    state = init_state(model, tx, k_init)
     arrays = split_arrays(data.train)
-    chunk_fn = make_train_chunk(model, tx)
-    S = max(1, min(int(t_cfg.get("scan_steps", 100)), steps_per_epoch))
-    idx, mask = epoch_batches(N, bs, int(config.seed), 1, sampling)
-    t0 = time.perf_counter()
-    state, ls = run_epoch_chunks(chunk_fn, state, arrays, idx[:S], mask[:S], k_train, S)
-    jax.block_until_ready(ls)
-    compile_train = time.perf_counter() - t0
-    n = steps_per_epoch if train_steps is None else min(int(train_steps), steps_per_epoch)
-    n = max(S, (n // S) * S)
-    t0 = time.perf_counter()
-    state, ls = run_epoch_chunks(chunk_fn, state, arrays, idx[:n], mask[:n], k_train, S)
-    jax.block_until_ready(ls)
-    dt = time.perf_counter() - t0
-    out = {
-        "model": config.model.name, "dataset": data.name, "steps_per_epoch": steps_per_epoch,
-        "timed_steps": n, "step_ms": 1e3 * dt / n, "epoch_s": dt / n * steps_per_epoch,
-        "train_compile_plus_first_chunk_s": compile_train,
-        "params": count_params(state.params),
-    }
+    out = {"model": config.model.name, "dataset": data.name, "jax_backend": jax.default_backend()}
+    if buckets:
+        bucket_N, widths = length_buckets(data.train.lengths, buckets, data.max_len)
+        per_w = [int(math.ceil(np.sum(bucket_N == b) / bs)) for b in range(len(widths))]
+        steps_per_epoch = int(sum(per_w))
+        tx = make_seq_optimizer(config.optim, steps_per_epoch)
+        state = init_state(model, tx, k_init)
+        batches = bucketed_epoch_batches(bucket_N, len(widths), bs, int(config.seed), 1)
+        total_s, timed = 0.0, 0
+        budget = steps_per_epoch if train_steps is None else int(train_steps)
+        for b, w in enumerate(widths):
+            fn = make_train_chunk(model, tx, None if w == data.max_len else w)
+            mine = [(ib, mb) for bb, ib, mb in batches if bb == b]
+            if not mine:
+                continue
+            k = max(1, min(len(mine) - 1, round(budget * per_w[b] / steps_per_epoch)))
+            state, ls = fn(state, arrays, mine[0][0][None], mine[0][1][None], np.ones(1, bool), k_train)
+            jax.block_until_ready(ls)  # compile
+            t0 = time.perf_counter()
+            for ib, mb in mine[1 : 1 + k]:
+                state, ls = fn(state, arrays, ib[None], mb[None], np.ones(1, bool), k_train)
+            jax.block_until_ready(ls)
+            dt = (time.perf_counter() - t0) / k
+            out[f"step_ms_width{w}"] = 1e3 * dt
+            total_s += dt * per_w[b]
+            timed += k
+        out.update(steps_per_epoch=steps_per_epoch, timed_steps=timed,
+                   step_ms=1e3 * total_s / steps_per_epoch, epoch_s=total_s)
+    else:
+        tx = make_seq_optimizer(config.optim, steps_per_epoch)
+        state = init_state(model, tx, k_init)
+        chunk_fn = make_train_chunk(model, tx)
+        S = max(1, min(int(t_cfg.get("scan_steps", 100)), steps_per_epoch))
+        idx, mask = epoch_batches(N, bs, int(config.seed), 1, sampling)
+        state, ls = run_epoch_chunks(chunk_fn, state, arrays, idx[:S], mask[:S], k_train, S)
+        jax.block_until_ready(ls)  # compile
+        n = steps_per_epoch if train_steps is None else min(int(train_steps), steps_per_epoch)
+        n = max(S, (n // S) * S)
+        t0 = time.perf_counter()
+        state, ls = run_epoch_chunks(chunk_fn, state, arrays, idx[:n], mask[:n], k_train, S)
+        jax.block_until_ready(ls)
+        dt = time.perf_counter() - t0
+        out.update(steps_per_epoch=steps_per_epoch, timed_steps=n, step_ms=1e3 * dt / n,
+                   epoch_s=dt / n * steps_per_epoch)
+    out["params"] = count_params(state.params)
+    rng = np.random.default_rng(seed)
     for which, sp in (("valid", data.valid), ("test", data.test)):
         rows = len(sp) if eval_rows is None else min(int(eval_rows), len(sp))
-        arr = split_arrays(SeqSplit(sp.seq[:rows], sp.lengths[:rows], sp.targets[:rows]))
+        pick = np.sort(rng.choice(len(sp), rows, replace=False)) if rows < len(sp) else np.arange(rows)
+        sub = SeqSplit(sp.seq[pick], sp.lengths[pick], sp.targets[pick])
+        arr = split_arrays(sub)
+        kw = dict(lengths=sub.lengths, buckets=buckets, max_len=data.max_len)
+        # warm-up: the same array shapes and batch size, one row of every width first, so the
+        # timed call compiles nothing
         warm = min(int(e_cfg.batch_size), rows)
-        arr_w = {k: v[:warm] for k, v in arr.items()}
+        first = []
+        if buckets:
+            bN, _ = length_buckets(sub.lengths, buckets, data.max_len)
+            first = [int(np.flatnonzero(bN == b)[0]) for b in np.unique(bN)]
+        order = np.concatenate([first, np.setdiff1d(np.arange(rows), first)]).astype(np.int32)
+        perm = {k: v[jnp.asarray(order)] for k, v in arr.items()}
+        eval_split(model, state.params, state.model_state, perm, warm, e_cfg, k_eval, data.pad_id,
+                   **dict(kw, lengths=sub.lengths[order]))
         t0 = time.perf_counter()
-        eval_split(model, state.params, state.model_state, arr_w, warm, e_cfg, k_eval, data.pad_id)
-        out[f"{which}_compile_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        eval_split(model, state.params, state.model_state, arr, rows, e_cfg, k_eval, data.pad_id)
+        eval_split(model, state.params, state.model_state, arr, rows, e_cfg, k_eval, data.pad_id, **kw)
         et = time.perf_counter() - t0
         out[f"{which}_rows_timed"] = rows
         out[f"{which}_pass_s"] = et / rows * len(sp)
+    ref = REFERENCE_SPEED.get((config.model.name, data.name))
+    if ref:
+        out["reference_1thread"] = ref
+        for k, v in ref.items():
+            out[f"speedup_{k.replace('_s', '')}"] = v / out[k]
+    out["load_before"] = load_before
+    out["load_after"] = machine_load()
     return out

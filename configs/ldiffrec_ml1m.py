@@ -9,6 +9,22 @@ noise_min 0.005, noise_max 0.02, x0 prediction, reweight, beta_fixed False, samp
 sampling noise, batch 400; up to 1000 epochs, evaluation every 5, early stopping after 20 epochs
 without a better validation Recall@20 (the reference's main.py rule).
 
+Measured (seed 1, ml-1m_clean, CPU; our DiffRec: test R@20 0.1731 ± 0.0023 over seeds 1-3,
+N@20 0.1110, 3,622,320 parameters):
+
+=======================================  ==========  =====  ==========  =========  ==========
+run (override of this config)            params      best   valid R@20  test R@20  test N@20
+=======================================  ==========  =====  ==========  =========  ==========
+this config (reference row)              1,887,360   55     0.1085      0.1627     0.1021
+``--config.model.recon_target=clean``    1,887,360   45     0.1083      0.1621     0.1034
+``--config.model.in_dims="(250,)"``      1,573,362   65     0.1082      0.1623     0.1036
+``--config.diffusion.steps=100``         1,887,360   55     0.1095      0.1630     0.1043
+=======================================  ==========  =====  ==========  =========  ==========
+
+The reference row has 52.1 % of DiffRec's parameters (k-means cluster sizes 1227/1583; encoders
+857,840 + decoder 845,810 + denoiser 183,710); ``in_dims=(250,)`` brings it to 43.4 % at the same
+accuracy. None of the four reaches 97 % of DiffRec's test Recall@20 (0.1679): they sit at 94 %.
+
 ``add_ldiffrec_fields(c)`` adds every L-DiffRec field (with the reference defaults) to any config;
 ``configs/ltdiffrec_ml1m.py`` and the tests use it.
 """

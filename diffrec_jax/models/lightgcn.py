@@ -235,8 +235,9 @@ def pretrain_item_embeddings(config: Any, data: Any, workdir: str) -> np.ndarray
     """Trains LightGCN with the standard trainer and returns its best item embeddings.
 
     Runs :func:`diffrec_jax.train.train_and_evaluate` (resuming any run in ``workdir``), restores
-    the best validation parameters from ``workdir/best`` and saves the final propagated item
-    embeddings to ``workdir/item_emb.npy`` (the file L-DiffRec clusters items with).
+    the best validation parameters from ``workdir/best`` (``workdir/best/seed_<seed>``, the first
+    replica's, when ``config.num_seeds > 1``) and saves the final propagated item embeddings to
+    ``workdir/item_emb.npy`` (the file L-DiffRec clusters items with).
 
     Args:
       config: a config with ``model.name == "lightgcn"``.
@@ -257,7 +258,10 @@ def pretrain_item_embeddings(config: Any, data: Any, workdir: str) -> np.ndarray
     if data is None:
         data = train.load_data(config.data)
     train.train_and_evaluate(config, workdir, data=data)
-    best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+    best_dir = os.path.join(workdir, "best")
+    if int(config.get("num_seeds", 1)) > 1:  # several replicas: the first seed's best parameters
+        best_dir = os.path.join(best_dir, f"seed_{int(config.seed)}")
+    best = Checkpointer(best_dir, max_to_keep=1)
     try:
         params, _ = best.restore_untyped()
     finally:

@@ -67,9 +67,10 @@ def test_interactions_match_the_table_loader(tmp_path):
     np.testing.assert_array_equal(again.train.indices, data.train.indices)
 
 
-def test_sequences():
+def test_sequences(tmp_path):
     with tfds.testing.mock_data(as_data_source_fn=_examples):
-        seq, maps = dtfds.from_tfds_movielens_sequences(max_len=3, return_maps=True)
+        seq, maps = dtfds.from_tfds_movielens_sequences(max_len=3, return_maps=True,
+                                                        manual_dir=tmp_path)
     # user 2 in time order: 30, 20, 40, 10 -> test history [30, 20, 40], target 10
     assert maps.raw_items(seq.test.seq[1]).tolist() == [30, 20, 40]
     assert maps.raw_items([seq.test.targets[1]]).tolist() == [10]

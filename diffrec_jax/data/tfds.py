@@ -106,13 +106,19 @@ def _columns(cols: dict[str, list], source: str) -> dict[str, np.ndarray]:
     }
 
 
-def _load_columns(name: str, split: str, data_dir: PathLike | None, download: bool) -> dict:
+def _load_columns(
+    name: str, split: str, data_dir: PathLike | None, download: bool, manual_dir: PathLike | None
+) -> dict:
     tfds = _import_tfds()
     source = f"tfds:{name}[{split}]"
+    prepare_kw = {}
+    if manual_dir is not None:
+        prepare_kw["download_config"] = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
     try:
         ds = tfds.data_source(
             name, split=split, data_dir=data_dir, download=download,
             builder_kwargs={"file_format": "array_record"},
+            download_and_prepare_kwargs=prepare_kw,
         )
     except Exception as e:  # noqa: BLE001 - TFDS raises many types; re-raised below
         if importlib.util.find_spec("tensorflow") is None:
@@ -122,7 +128,8 @@ def _load_columns(name: str, split: str, data_dir: PathLike | None, download: bo
                 "prepared elsewhere with file_format='array_record' in data_dir"
             ) from e
         # A copy prepared in TFRecord format: read it with TensorFlow.
-        it = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, download=download))
+        it = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, download=download,
+                                     download_and_prepare_kwargs=prepare_kw))
         cols: dict[str, list] = {f: [] for f in _FEATURES}
         for ex in it:
             for f in _FEATURES:
@@ -139,6 +146,7 @@ def movielens_table(
     *,
     data_dir: PathLike | None = None,
     download: bool = True,
+    manual_dir: PathLike | None = None,
     cache_dir: PathLike | None = None,
 ) -> tabular.Table:
     """The raw (user, item, rating, timestamp) rows of a TFDS MovieLens ratings dataset.
@@ -150,6 +158,8 @@ def movielens_table(
             works).
         data_dir: TFDS data folder (default ``~/tensorflow_datasets``).
         download: let TFDS download and prepare the data if it is missing.
+        manual_dir: folder holding the GroupLens zip (e.g. ``ml-1m.zip``, as downloaded from
+            grouplens.org) for preparing without network.
         cache_dir: if given, the four columns are cached there as ``.npz`` after the first read
             (reading a big variant example by example takes minutes; the cache takes seconds).
 
@@ -169,7 +179,7 @@ def movielens_table(
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"{cache}: unreadable TFDS column cache ({e}); delete it") from e
     else:
-        cols = _load_columns(name, split, data_dir, download)
+        cols = _load_columns(name, split, data_dir, download, manual_dir)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, **cols)
@@ -184,6 +194,7 @@ def from_tfds_movielens(
     *,
     data_dir: PathLike | None = None,
     download: bool = True,
+    manual_dir: PathLike | None = None,
     cache_dir: PathLike | None = None,
     min_rating: float | None = None,
     k_core: int | tuple[int, int] | None = None,
@@ -201,7 +212,7 @@ def from_tfds_movielens(
     (see there for every step); the dataset is named after the variant (e.g. ``ml-1m``).
 
     Args:
-        name, split, data_dir, download, cache_dir: see :func:`movielens_table`.
+        name, split, data_dir, download, manual_dir, cache_dir: see :func:`movielens_table`.
         min_rating: keep ratings ``>= min_rating`` (all ratings if None).
         k_core: ``k`` or ``(user_min, item_min)`` iterative k-core (users need >= 3 anyway).
         split_mode: ``"temporal"`` (per user, ``fractions``) or ``"leave_one_out"``.
@@ -214,7 +225,8 @@ def from_tfds_movielens(
     Returns:
         ``InteractionData`` (values 1.0), or ``(data, maps)``.
     """
-    table = movielens_table(name, split, data_dir=data_dir, download=download, cache_dir=cache_dir)
+    table = movielens_table(name, split, data_dir=data_dir, download=download,
+                            manual_dir=manual_dir, cache_dir=cache_dir)
     return tabular.load_table(
         table, min_rating=min_rating, k_core=k_core, split=split_mode, fractions=fractions,
         duplicates=duplicates, cold_items=cold_items, name=_short_name(name),
@@ -228,6 +240,7 @@ def from_tfds_movielens_sequences(
     *,
     data_dir: PathLike | None = None,
     download: bool = True,
+    manual_dir: PathLike | None = None,
     cache_dir: PathLike | None = None,
     min_rating: float | None = None,
     k_core: int | tuple[int, int] | None = None,
@@ -246,7 +259,8 @@ def from_tfds_movielens_sequences(
         :class:`~diffrec_jax.data.sequences.SequenceData` (items ``1..n_items``, 0 pads), or
         ``(data, maps)``.
     """
-    table = movielens_table(name, split, data_dir=data_dir, download=download, cache_dir=cache_dir)
+    table = movielens_table(name, split, data_dir=data_dir, download=download,
+                            manual_dir=manual_dir, cache_dir=cache_dir)
     return tabular.to_sequences(
         table, min_rating=min_rating, k_core=k_core, duplicates=duplicates, max_len=max_len,
         on_long=on_long, name=_short_name(name), save_to=save_to, return_maps=return_maps,

@@ -657,6 +657,44 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
     return results
 
 
+def evaluate_checkpoint(config, workdir: str, *, splits=("valid", "test"), step: int | None = None,
+                        data: SequenceData | None = None) -> dict:
+    """Evaluates the parameters kept in ``workdir/best`` (or ``step`` there) under ``config``.
+
+    ``config`` may differ from the training config in evaluation settings only (e.g.
+    ``sampling.mode``, ``eval.protocol``, ``model.deterministic_eval``): a DiffuRec trained with
+    one-step validation can be tested with the full reverse process.
+
+    Returns:
+      ``{"epoch": ..., split: {"exact": {...}, "reference": {...}, "seconds": ...}}``.
+    """
+    data = load_seq_data(config.data) if data is None else data
+    validate_config(config, data)
+    model = get_model(config, data)
+    _, params, model_state = model.init(jax.random.key(0))
+    ck = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+    try:
+        step = ck.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'best')}")
+        params, _ = ck.restore(step, jax.eval_shape(lambda: params))
+    finally:
+        ck.close()
+    _, _, k_eval = jax.random.split(jax.random.key(int(config.seed)), 3)
+    buckets = tuple(int(b) for b in (config.train.get("length_buckets") or ()))
+    out: dict[str, Any] = {"epoch": step}
+    for i, which in enumerate(("valid", "test")):
+        if which not in splits:
+            continue
+        sp = data.split(which)
+        t0 = time.perf_counter()
+        res = eval_split(model, params, model_state, split_arrays(sp), len(sp), config.eval,
+                         jax.random.fold_in(k_eval, i), data.pad_id, lengths=sp.lengths,
+                         buckets=buckets, max_len=data.max_len)
+        out[which] = {**res, "seconds": time.perf_counter() - t0}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Speed measurement
 # ----------------------------------------------------------------------------------------------

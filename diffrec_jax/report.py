@@ -549,7 +549,8 @@ def compare_runs(
                    + [c for m in cols for c in (f"{split}/{m}", f"{split}/{m}_std")])
         for kind, rs in (("run", rows), ("seed_mean", group_rows)):
             for lab, model, ds, seeds, be, st in rs:
-                w.writerow([lab, kind, model, ds, seeds, json.dumps(be) if isinstance(be, list) else be]
+                be_s = json.dumps(be) if isinstance(be, list) else be
+                w.writerow([lab, kind, model, ds, seeds, be_s]
                            + [("" if v is None else f"{v:.6g}") for m in cols for v in st[m]])
 
     def cell(v: tuple) -> str:
@@ -558,11 +559,13 @@ def compare_runs(
             return "-"
         return f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
 
-    head = "| run | model | dataset | seeds | best epoch | " + " | ".join(f"{split} {m}" for m in cols) + " |"
+    head = ("| run | model | dataset | seeds | best epoch | "
+            + " | ".join(f"{split} {m}" for m in cols) + " |")
     sep = "| --- | --- | --- | --- | --- |" + " ---: |" * len(cols)
     md = [f"# Comparison of {len(rows)} run(s)", "", head, sep]
     for lab, model, ds, seeds, be, st in rows:
-        md.append(f"| {lab} | {model} | {ds} | {seeds} | {be} | " + " | ".join(cell(st[m]) for m in cols) + " |")
+        md.append(f"| {lab} | {model} | {ds} | {seeds} | {be} | "
+                  + " | ".join(cell(st[m]) for m in cols) + " |")
     if group_rows:
         md += ["", "Runs whose configs differ only in the seed, mean ± std over the runs:", "",
                head, sep]
@@ -570,7 +573,8 @@ def compare_runs(
             md.append(f"| {lab} | {model} | {ds} | {seeds} | {be} | "
                       + " | ".join(cell(st[m]) for m in cols) + " |")
     if root is not None and (root / "summary.md").is_file():
-        md += ["", "## summary.md (the reproduce script's table)", "", (root / "summary.md").read_text().strip()]
+        md += ["", "## summary.md (the reproduce script's table)", "",
+               (root / "summary.md").read_text().strip()]
     result = {"csv": csv_path}
     if plots and cols:
         png = _plot_comparison(rows, group_rows, cols, out / "comparison.png", split)
@@ -630,7 +634,8 @@ def render(
     found = find_runs(path)
     if not found:
         raise FileNotFoundError(f"{path}: no run directory (results.json) at or below it")
-    out: dict[str, Any] = dict(compare_runs(path, out_dir, metrics=metrics, split=split, plots=plots))
+    out: dict[str, Any] = dict(
+        compare_runs(path, out_dir, metrics=metrics, split=split, plots=plots))
     out["reports"] = [
         render_report(d, None if out_dir is None else Path(out_dir) / d.relative_to(path),
                       plots=plots)

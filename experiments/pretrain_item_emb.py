@@ -14,8 +14,9 @@ then train L-DiffRec on the same data with the embeddings:
 (any data source), ``seed`` and ``eval`` group are used, so the embedding rows are the same items,
 in the same order, as L-DiffRec's. The model, optimizer and schedule come from ``--lightgcn.*``
 (defaults as ``configs/lightgcn_ml1m.py``: 64 dimensions, 3 layers, L2 1e-4, Adam 1e-3, steps of
-1024 users x 64 BPR pairs), e.g. ``--lightgcn.emb_dim=32 --lightgcn.num_epochs=50``. Training is the standard trainer (resumable
-with the same ``--workdir``, best validation epoch kept); the best epoch's propagated item
+1024 users x 64 BPR pairs), e.g. ``--lightgcn.emb_dim=32 --lightgcn.num_epochs=50``. Training is
+the standard trainer (resumable with the same ``--workdir``, best validation epoch kept); the best
+epoch's propagated item
 embeddings are written to ``<workdir>/item_emb.npy`` (float32 ``[n_items, emb_dim]``), and
 copied to ``--out`` if given: ``--out=<dir of a diffrec_npy dataset>/item_emb.npy`` makes the
 dataset carry them (``load_diffrec_npy`` reads ``item_emb.npy`` beside the splits).

@@ -156,7 +156,8 @@ def _lookup(table: np.ndarray, raw: Any, what: str, offset: int) -> np.ndarray:
     pos = np.minimum(np.searchsorted(table, raw), table.shape[0] - 1)
     miss = table[pos] != raw
     if miss.any():
-        raise KeyError(f"unknown raw {what} id {raw[np.argmax(miss)]!r} (filtered out or never seen)")
+        raise KeyError(
+            f"unknown raw {what} id {_show(raw[np.argmax(miss)])} (filtered out or never seen)")
     return pos.astype(np.int64) + offset
 
 
@@ -371,7 +372,8 @@ def _read_csv(path: Path, wanted: dict[str, Any], sep: str, header: bool) -> dic
                 names = [f.strip() for f in rec]
                 dup = {n for n in names if names.count(n) > 1}
                 if dup:
-                    raise DataError(f"{src}: line {ln}: repeated column name(s) {sorted(dup)} in the header")
+                    raise DataError(
+                        f"{src}: line {ln}: repeated column name(s) {sorted(dup)} in the header")
             cols = _resolve_cols(names, wanted, n_fields, src)
             vals = {role: [] for role in cols}
             if header:
@@ -451,7 +453,8 @@ def _make_table(cols: dict, src: str, label: str) -> Table:
     return Table(
         users=_ids(cols["user"], rows, src, label, "user"),
         items=_ids(cols["item"], rows, src, label, "item"),
-        ratings=None if "rating" not in cols else _float_col(cols["rating"], rows, src, label, "rating"),
+        ratings=(None if "rating" not in cols
+                 else _float_col(cols["rating"], rows, src, label, "rating")),
         timestamps=None if "time" not in cols else _time_col(cols["time"], rows, src, label),
         rows=rows,
         source=src,

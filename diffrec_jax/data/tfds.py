@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -113,7 +114,8 @@ def _load_columns(
     source = f"tfds:{name}[{split}]"
     prepare_kw = {}
     if manual_dir is not None:
-        prepare_kw["download_config"] = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+        prepare_kw["download_config"] = tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir))
     try:
         ds = tfds.data_source(
             name, split=split, data_dir=data_dir, download=download,
@@ -170,7 +172,7 @@ def movielens_table(
     source = f"tfds:{name}[{split}]"
     cache = None
     if cache_dir is not None:
-        safe = f"{name}_{split}".replace("/", "_").replace("[", "_").replace("]", "").replace(":", "-")
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}_{split}")
         cache = Path(cache_dir) / f"{safe}.npz"
     if cache is not None and cache.is_file():
         try:

@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "rerank"  # dispatched by diffrec_jax.train.run to diffrec_jax.rerank_train
     c.seed = 1  # model init, batch order and noise (the world has its own data.seed)
+    c.init_rank_feature = True  # every model sees each candidate's initial-ranking position
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "rerank_synthetic"
@@ -65,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.num_epochs = 8  # DCDR denoiser
     c.train.evaluator_epochs = 5
     c.train.pointwise_epochs = 5
+    c.train.weight_decay = 0.0  # AdamW decoupled weight decay
+    c.train.select_on_valid = True  # keep each model's epoch with the best validation loss
+    c.train.patience = 2  # stop a model after this many epochs without validation improvement (0: off)
 
     c.infer = ml_collections.ConfigDict()
     c.infer.t_start = 3  # reverse steps from the initial list (the "noise scale" knob)
@@ -72,7 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.infer.early_stop = True
     c.infer.guidance = 0.0  # classifier-free guidance weight on the condition (0: off)
     c.infer.batch_size = 500
+    c.infer.keep_initial = True  # the starting list is one of the evaluator's candidates
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.n_requests = 5000  # test requests scored
+    c.eval.n_requests = 5000  # requests scored
+    c.eval.split = "test"  # test | valid (tuning)
     return c

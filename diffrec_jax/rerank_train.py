@@ -55,33 +55,40 @@ def make_world(dcfg) -> RS.RerankWorld:
     return RS.make_rerank_world(**kw)
 
 
-def _split_arrays(world: RS.RerankWorld, split: RS.RerankSplit) -> dict:
+def _split_arrays(world: RS.RerankWorld, split: RS.RerankSplit, rank_feature: bool = True) -> dict:
     codes = RS.response_codes(split.clicks, split.likes, world.m)
-    return {
+    out = {
         "user": jnp.asarray(split.user), "cands": jnp.asarray(split.cands),
         "hist": jnp.asarray(world.history[split.user]), "init": jnp.asarray(split.init),
         "logged": jnp.asarray(split.logged), "clicks": jnp.asarray(split.clicks),
         "likes": jnp.asarray(split.likes), "codes": jnp.asarray(codes),
     }
+    if rank_feature:
+        out["rank"] = D.init_rank(out["init"])
+    return out
 
 
 def _ctx(a: dict, idx=None) -> D.Context:
+    rank = a.get("rank")
     if idx is None:
-        return D.Context(a["user"], a["cands"], a["hist"])
-    return D.Context(a["user"][idx], a["cands"][idx], a["hist"][idx])
+        return D.Context(a["user"], a["cands"], a["hist"], rank)
+    return D.Context(a["user"][idx], a["cands"][idx], a["hist"][idx], None if rank is None else rank[idx])
 
 
 def fit(loss_fn, params, arrays: dict, *, epochs: int, batch_size: int, lr: float, seed: int,
-        name: str, writer=None) -> tuple[Any, list[float]]:
-    """Adam on ``loss_fn(params, arrays, idx_B, mask_B, key) -> (loss, aux)`` over shuffled batches.
+        name: str, writer=None, valid: dict | None = None, weight_decay: float = 0.0,
+        patience: int = 0) -> tuple[Any, list[float]]:
+    """AdamW on ``loss_fn(params, arrays, idx_B, mask_B, key) -> (loss, aux)`` over shuffled batches.
 
     The last partial batch is padded (mask False) so one shape compiles; batch order is a
-    function of ``(seed, epoch)`` and keys of ``(seed, step)``.
+    function of ``(seed, epoch)`` and keys of ``(seed, step)``. With ``valid`` arrays, the loss on
+    them (fixed key) is computed after every epoch and the parameters of the best epoch are
+    returned; ``patience > 0`` stops after that many epochs without improvement.
 
     Returns:
-      ``(params, per-epoch mean losses)``.
+      ``(params, per-epoch mean train losses)``.
     """
-    tx = optax.adam(lr)
+    tx = optax.adamw(lr, weight_decay=weight_decay)
     opt = tx.init(params)
     N = int(arrays["user"].shape[0])
 
@@ -94,6 +101,19 @@ def fit(loss_fn, params, arrays: dict, *, epochs: int, batch_size: int, lr: floa
     base = jax.random.key(seed)
     losses = []
     s = 0
+    best = (math.inf, params, 0)
+    if valid is not None:
+        nv = int(valid["user"].shape[0])
+        vloss = jax.jit(lambda p, idx, mask: loss_fn(p, valid, idx, mask, jax.random.key(seed + 999))[0])
+
+        def valid_loss(p):
+            tot, cnt = 0.0, 0
+            for a in range(0, nv, batch_size):
+                idx = np.arange(a, a + batch_size) % nv
+                mask = np.arange(a, a + batch_size) < nv
+                tot += float(vloss(p, idx.astype(np.int32), mask)) * int(mask.sum())
+                cnt += int(mask.sum())
+            return tot / cnt
     nb = math.ceil(N / batch_size)
     for ep in range(1, epochs + 1):
         order = np.random.default_rng([seed, ep]).permutation(N)
@@ -111,9 +131,19 @@ def fit(loss_fn, params, arrays: dict, *, epochs: int, batch_size: int, lr: floa
             raise FloatingPointError(f"{name}: non-finite loss in epoch {ep}")
         losses.append(mean)
         dt = time.perf_counter() - t0
-        log.info("%s epoch %d: loss %.4f (%.1fs)", name, ep, mean, dt)
+        rec = {"model": name, "epoch": ep, "loss": mean, "epoch_s": dt}
+        if valid is not None:
+            rec["valid_loss"] = valid_loss(params)
+            if rec["valid_loss"] < best[0]:
+                best = (rec["valid_loss"], params, ep)
+        log.info("%s epoch %d: %s", name, ep, {k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})
         if writer is not None:
-            writer({"model": name, "epoch": ep, "loss": mean, "epoch_s": dt})
+            writer(rec)
+        if valid is not None and patience and ep - best[2] >= patience:
+            break
+    if valid is not None:
+        log.info("%s: best epoch %d (valid loss %.4f)", name, best[2], best[0])
+        return best[1], losses
     return params, losses
 
 
@@ -190,12 +220,13 @@ def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None,
         seqs, scores, steps = model.generate(
             params, ctx, arrays["init"][idx], cond, t_start=int(icfg.t_start), beam=int(icfg.beam),
             early_stop=bool(icfg.early_stop), guidance=float(icfg.get("guidance", 0.0)))
-        B = seqs.shape[1]
         top = seqs[:, 0]
         if util is not None:
-            rep = lambda a: jnp.repeat(a, B, axis=0)  # noqa: E731
-            u = util(eparams, D.Context(rep(ctx.user), rep(ctx.cands), rep(ctx.hist)),
-                     seqs.reshape(R * B, ncand)).reshape(R, B)
+            if icfg.get("keep_initial", True):  # the starting list competes too
+                seqs = jnp.concatenate([seqs, arrays["init"][idx][:, None]], 1)
+                scores = jnp.concatenate([scores, jnp.zeros((R, 1), scores.dtype)], 1)
+            B = seqs.shape[1]
+            u = util(eparams, ctx.repeat(B), seqs.reshape(R * B, ncand)).reshape(R, B)
             u = jnp.where(scores > D.INVALID / 2, u, -jnp.inf)
             chosen = jnp.take_along_axis(seqs, jnp.argmax(u, 1)[:, None, None], 1)[:, 0]
         else:
@@ -216,9 +247,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     world = make_world(config.data)
     log.info("world: %s", world.summary())
     seed = int(config.seed)
-    tr = _split_arrays(world, world.train)
-    te_split = world.test.take(np.arange(min(len(world.test), int(config.eval.n_requests))))
-    te = _split_arrays(world, te_split)
+    rank_feature = bool(config.get("init_rank_feature", True))
+    tr = _split_arrays(world, world.train, rank_feature)
+    va = _split_arrays(world, world.valid, rank_feature)
+    eval_split = config.eval.get("split", "test")
+    src = world.test if eval_split == "test" else world.valid
+    te_split = src.take(np.arange(min(len(src), int(config.eval.n_requests))))
+    te = _split_arrays(world, te_split, rank_feature)
     n_te = len(te_split)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     open(metrics_path, "w").close()
@@ -229,13 +264,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     tcfg = config.train
     timings = {}
+    fit_kw = {"valid": va if tcfg.get("select_on_valid", True) else None,
+              "weight_decay": float(tcfg.get("weight_decay", 0.0)), "patience": int(tcfg.get("patience", 0))}
     # 1. list-wise evaluator
     ev = D.ListEvaluator(config, world)
     _, ep0, _ = ev.init(jax.random.key(seed * 1000 + 1))
     t0 = time.perf_counter()
     ep, _ = fit(lambda p, a, i, mk, k: ev.loss(p, _ctx(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
                 ep0, tr, epochs=int(tcfg.evaluator_epochs), batch_size=int(tcfg.batch_size), lr=float(tcfg.lr),
-                seed=seed * 1000 + 11, name="evaluator", writer=writer)
+                seed=seed * 1000 + 11, name="evaluator", writer=writer, **fit_kw)
     timings["evaluator_train_s"] = time.perf_counter() - t0
     # 2. point-wise reranker
     pw = D.PointwiseRanker(config, world)
@@ -243,7 +280,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t0 = time.perf_counter()
     pp, _ = fit(lambda p, a, i, mk, k: pw.loss(p, _ctx(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
                 pp0, tr, epochs=int(tcfg.pointwise_epochs), batch_size=int(tcfg.batch_size), lr=float(tcfg.lr),
-                seed=seed * 1000 + 12, name="pointwise", writer=writer)
+                seed=seed * 1000 + 12, name="pointwise", writer=writer, **fit_kw)
     timings["pointwise_train_s"] = time.perf_counter() - t0
     # 3. DCDR denoiser
     model = D.DCDR(config, world)
@@ -251,7 +288,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t0 = time.perf_counter()
     dp, dl = fit(lambda p, a, i, mk, k: model.loss(p, _ctx(a, i), a["logged"][i], a["codes"][i], mk, k),
                  dp0, tr, epochs=int(tcfg.num_epochs), batch_size=int(tcfg.batch_size), lr=float(tcfg.lr),
-                 seed=seed * 1000 + 13, name="dcdr", writer=writer)
+                 seed=seed * 1000 + 13, name="dcdr", writer=writer, **fit_kw)
     timings["dcdr_train_s"] = time.perf_counter() - t0
 
     # 4. test lists and their exact utility
@@ -294,6 +331,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "model": "dcdr",
         "task": "rerank",
         "dataset": f"rerank_synthetic_n{world.n}_m{world.m}",
+        "eval_split": eval_split,
         "seed": seed,
         "test": {f"expected_clicks/{k}": v for k, v in mean_u.items()},
         "best_epoch": int(tcfg.num_epochs),
@@ -313,6 +351,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     }
     if opt is not None:
         res["ratio_to_optimum"] = {k: float(v.mean() / opt.mean()) for k, v in util.items()}
+        res["test"].update({f"ratio_to_optimum/{k}": v for k, v in res["ratio_to_optimum"].items()})
         res["gap_closed_vs_initial"] = float(
             (mean_u["dcdr"] - mean_u["initial"]) / max(mean_u["optimum"] - mean_u["initial"], 1e-12))
     res["targets"] = {

@@ -605,31 +605,48 @@ def transformer(p: dict, h_BxSxD: jnp.ndarray, n_heads: int, rate: float = 0.0,
 
 
 class Context(NamedTuple):
-    """Request context on device: ``user [B]``, ``cands [B, n]`` item ids, ``hist [B, H]`` items."""
+    """Request context on device: ``user [B]``, ``cands [B, n]`` item ids, ``hist [B, H]`` items
+    and ``rank [B, n]`` the initial-ranking position of each candidate (the ranking stage's output,
+    available at reranking time; ``None`` to leave it out)."""
 
     user: jnp.ndarray
     cands: jnp.ndarray
     hist: jnp.ndarray
+    rank: jnp.ndarray | None = None
+
+    def repeat(self, b: int) -> "Context":
+        """Every request repeated ``b`` times (``[R] -> [R * b]``)."""
+        return Context(*(None if a is None else jnp.repeat(a, b, axis=0) for a in self))
 
 
-def _init_embeddings(key, n_users, n_items, n_cats, d) -> dict:
-    ks = jax.random.split(key, 4)
+def init_rank(init: jnp.ndarray) -> jnp.ndarray:
+    """Position of each candidate in the initial list (the inverse permutation), int32 ``[B, n]``."""
+    return jnp.argsort(init, axis=-1).astype(jnp.int32)
+
+
+def _init_embeddings(key, n_users, n_items, n_cats, d, n) -> dict:
+    ks = jax.random.split(key, 5)
     return {
         "user": 0.1 * jax.random.normal(ks[0], (n_users, d), jnp.float32),
         "item": 0.1 * jax.random.normal(ks[1], (n_items, d), jnp.float32),
         "cat": 0.1 * jax.random.normal(ks[2], (n_cats, d), jnp.float32),
         "hist": _dense_init(ks[3], d, d),
+        "rank": 0.1 * jax.random.normal(ks[4], (n, d), jnp.float32),
     }
 
 
 def _embed(p: dict, item_cat: jnp.ndarray, ctx: Context) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``(user [B, d], cands [B, n, d])``: user id embedding + projected mean history item
-    embedding; candidate = item id embedding + category embedding."""
+    embedding; candidate = item id embedding + category embedding (+ embedding of its position in
+    the initial ranking when ``ctx.rank`` is given)."""
     def item_repr(items):
         return p["item"][items] + p["cat"][item_cat[items]]
 
     u = p["user"][ctx.user] + _dense(p["hist"], jnp.mean(item_repr(ctx.hist), 1))
-    return u, item_repr(ctx.cands)
+    c = item_repr(ctx.cands)
+    if ctx.rank is not None:
+        c = c + p["rank"][ctx.rank]
+    return u, c
 
 
 class _Sizes(NamedTuple):
@@ -702,7 +719,7 @@ class DCDR:
         s, d = self.sizes, self.d
         ks = jax.random.split(key, 8)
         params = {
-            "emb": _init_embeddings(ks[0], s.n_users, s.n_items, s.n_cats, d),
+            "emb": _init_embeddings(ks[0], s.n_users, s.n_items, s.n_cats, d, s.n),
             "pos": 0.1 * jax.random.normal(ks[1], (s.n, d), jnp.float32),
             "cond": 0.1 * jax.random.normal(ks[2], (N_CODES + 1, d), jnp.float32),
             "time": 0.1 * jax.random.normal(ks[3], (self.sched.num_steps + 1, d), jnp.float32),
@@ -777,7 +794,7 @@ class DCDR:
         def logits_fn(x, t):
             R, B, n = x.shape
             rep = lambda a: jnp.repeat(a, B, axis=0)  # noqa: E731
-            c2 = Context(rep(ctx.user), rep(ctx.cands), rep(ctx.hist))
+            c2 = ctx.repeat(B)
             tt = jnp.full((R * B,), t, jnp.int32)
             lg = fn(params, c2, x.reshape(R * B, n), tt, rep(cond))
             if guidance:
@@ -819,7 +836,7 @@ class ListEvaluator:
         s, d = self.sizes, self.d
         ks = jax.random.split(key, 5)
         params = {
-            "emb": _init_embeddings(ks[0], s.n_users, s.n_items, s.n_cats, d),
+            "emb": _init_embeddings(ks[0], s.n_users, s.n_items, s.n_cats, d, s.n),
             "item_bias": jnp.zeros((s.n_items,), jnp.float32),
             "pos": 0.1 * jax.random.normal(ks[1], (s.n, d), jnp.float32),
             "pos_bias": jnp.zeros((s.n, 2), jnp.float32),
@@ -877,7 +894,7 @@ class PointwiseRanker:
         s, d = self.sizes, self.d
         ks = jax.random.split(key, 3)
         params = {
-            "emb": _init_embeddings(ks[0], s.n_users, s.n_items, s.n_cats, d),
+            "emb": _init_embeddings(ks[0], s.n_users, s.n_items, s.n_cats, d, s.n),
             "item_bias": jnp.zeros((s.n_items,), jnp.float32),
             "pos_bias": jnp.zeros((s.n,), jnp.float32),
             "h1": _dense_init(ks[1], 3 * d, d),

@@ -173,7 +173,7 @@ class DiffRec:
     def score(self, params, hist, x_BxI, key):
         """Reverse diffusion from the user's row (spec section 6); returns ``[B, I]`` scores.
 
-        Uses :func:`projected_reverse` (the same numbers with about 3.8x fewer FLOPs on ML-1M)
+        Uses :func:`projected_reverse` (the same numbers with about 5x fewer FLOPs on ML-1M)
         when ``sampling.fast`` is set and the chain is deterministic, else the generic sampler.
         """
         denoise_fn = self._denoise_fn(params)
@@ -220,7 +220,8 @@ def projected_reverse(denoiser: DiffRecDenoiser, schedule: schedules.Schedule, x
 
     so each step costs ``H_last x H`` instead of the two ``I``-wide layers. Only the last step
     (``t = 0``, where ``c1 = 1`` and ``c2 = 0``) goes through the full output layer. On ML-1M
-    (I = 2810, dims 200/600) that is 0.96 M instead of 3.62 M multiply-adds per user per step.
+    (I = 2810, dims 200/600) that is 0.61 M instead of 3.62 M multiply-adds per user per step
+    (0.33 instead of 1.72 TFLOP for a full 40-step evaluation of 5,949 users).
     The result equals the generic sampler up to floating-point reassociation.
 
     Args:

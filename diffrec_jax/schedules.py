@@ -45,6 +45,7 @@ class Schedule(NamedTuple):
 
     @property
     def num_steps(self) -> int:
+        """T, the number of diffusion steps."""
         return int(self.betas.shape[-1])
 
 
@@ -59,6 +60,7 @@ class VESchedule(NamedTuple):
 
     @property
     def num_steps(self) -> int:
+        """L, the number of noise levels."""
         return int(self.sigmas.shape[-1])
 
 

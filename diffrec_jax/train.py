@@ -144,6 +144,7 @@ class DeviceData:
 
     @classmethod
     def from_data(cls, data: InteractionData) -> "DeviceData":
+        """Densifies train (with its values), valid and test (binary) to ``[U, I]`` device arrays."""
         return cls(
             jnp.asarray(data.train.to_dense()),
             jnp.asarray(data.valid.binary().to_dense()),
@@ -307,6 +308,7 @@ def make_train_step(model, tx, *, replicas: bool = False, mesh=None):
 
 
 def init_state(model, tx, key) -> TrainState:
+    """A fresh :class:`TrainState`: ``model.init(key)`` parameters, ``tx.init``, step 0."""
     _, params, model_state = model.init(key)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
 
@@ -346,6 +348,7 @@ class MetricWriter:
         write_atomic(self.path, "".join(keep))
 
     def write(self, record: dict) -> None:
+        """Appends one JSON record (one line)."""
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -38,6 +38,7 @@ _REGISTRY: dict = {
 
 
 def available() -> list[str]:
+    """Names of the registered models (values of ``config.model.name``)."""
     return sorted(_REGISTRY)
 
 

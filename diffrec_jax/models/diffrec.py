@@ -123,6 +123,7 @@ class DiffRec:
             raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}")
 
     def make_denoiser(self, key: jax.Array) -> DiffRecDenoiser:
+        """The configured :class:`DiffRecDenoiser` with parameters drawn from ``key``."""
         m = self.mcfg
         return DiffRecDenoiser(
             self.n_items,
@@ -136,6 +137,7 @@ class DiffRec:
         )
 
     def init(self, key: jax.Array):
+        """``(graphdef, params, loss_history)``: the split denoiser and an empty importance history."""
         graphdef, params = nnx.split(self.make_denoiser(key))
         self.graphdef = graphdef
         hist = timesteps.init_loss_history(self.num_steps, self.dcfg.history_size)

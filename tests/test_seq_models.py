@@ -198,3 +198,17 @@ def test_sasrec_end_to_end_and_exact_resume(tmp_path):
         bad = cfg.copy_and_resolve_references()
         bad.eval.select_metric = "recall@20"
         seq_train.train_and_evaluate(bad, str(tmp_path / "bad"))
+
+
+def test_epoch_batches_are_seeded_and_buckets_cover_every_row_once():
+    idx, mask = seq_train.epoch_batches(103, 10, seed=1, epoch=2, sampling="independent")
+    assert idx.shape == (10, 10) and mask.all()
+    assert all(len(set(r)) == 10 for r in idx)  # distinct rows within a step
+    np.testing.assert_array_equal(idx, seq_train.epoch_batches(103, 10, 1, 2, "independent")[0])
+    lengths = np.array([0, 1, 3, 4, 5, 8, 9, 12, 2, 2, 7])
+    bucket, widths = seq_train.length_buckets(lengths, (4, 8), 12)
+    assert widths == (4, 8, 12) and all(lengths <= np.asarray(widths)[bucket])
+    batches = seq_train.bucketed_epoch_batches(bucket, len(widths), 3, seed=0, epoch=1)
+    rows = np.concatenate([ib[mb] for _, ib, mb in batches])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(len(lengths)))
+    assert all(np.all(bucket[ib[mb]] == b) for b, ib, mb in batches)

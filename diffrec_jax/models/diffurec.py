@@ -36,6 +36,7 @@ Reference quirks and the switches (faithful default first):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -225,23 +226,28 @@ class DiffuRec:
 
 
 def measure_reverse_effect(model: DiffuRec, params, split, *, rows: int = 1024, batch_size: int = 256,
-                           seed: int = 0, ks=(10,)) -> dict:
+                           seed: int = 0, ks=(10,), widths=(4, 8, 16, 32)) -> dict:
     """How much the 32 reverse steps change the output and the ranking (spec, "Measured here").
 
-    Compares, on the first ``rows`` examples of ``split`` (a :class:`SeqSplit`): two reverse runs
-    with different keys, and the reverse output against the one-step output (``x_t = 0``, ``t = 0``).
+    Compares, on ``rows`` examples of ``split`` (a :class:`SeqSplit`; a seeded random subset):
+    two reverse runs with different keys, and the reverse output against the one-step output
+    (``x_t = 0``, ``t = 0``). For a length-invariant model (key mask), rows are sorted by length
+    and each batch is cut to the smallest of ``widths`` (or ``L``) that holds it.
 
     Returns:
       relative L2 differences (mean over rows of ``|a - b| / |a|``), top-K overlaps (fraction of
       shared items in the two top-K lists), and HR@K/NDCG@K of each variant on those rows.
     """
     n = min(rows, len(split))
-    out = {"rows": n}
+    pick = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
+    if model.length_invariant:
+        pick = pick[np.argsort(split.lengths[pick], kind="stable")]
     kmax = max(ks)
+    all_w = tuple(sorted({w for w in widths if w < model.L} | {model.L}))
 
-    @jax.jit
-    def run(seq, tgt, idx):
-        batch = {"seq": seq, "len": jnp.zeros(seq.shape[0], jnp.int32), "target": tgt}
+    @functools.partial(jax.jit, static_argnums=3)
+    def run(seq, tgt, idx, width):
+        batch = {"seq": seq[:, -width:], "len": jnp.zeros(seq.shape[0], jnp.int32), "target": tgt}
         k1 = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(idx)
         k2 = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed + 1), i))(idx)
         a = model.generate(params, batch, k1, mode="reverse")
@@ -253,9 +259,15 @@ def measure_reverse_effect(model: DiffuRec, params, split, *, rows: int = 1024, 
 
     acc: dict[str, list] = {}
     for s0 in range(0, n, batch_size):
-        sl = slice(s0, min(n, s0 + batch_size))
-        seq, tgt = jnp.asarray(split.seq[sl]), jnp.asarray(split.targets[sl])
-        a, b, c, tops = run(seq, tgt, jnp.arange(sl.start, sl.stop))
+        rows_b = pick[s0 : s0 + batch_size]
+        m = rows_b.size
+        rows_p = np.pad(rows_b, (0, batch_size - m), mode="edge")  # one shape per width
+        width = model.L
+        if model.length_invariant:
+            width = next(w for w in all_w if w >= int(split.lengths[rows_p].max()))
+        seq, tgt = jnp.asarray(split.seq[rows_p]), jnp.asarray(split.targets[rows_p])
+        a, b, c, tops = run(seq, tgt, jnp.asarray(rows_p), width)
+        a, b, c, tops, tgt = a[:m], b[:m], c[:m], [t[:m] for t in tops], tgt[:m]
         rel = lambda x, y: jnp.linalg.norm(x - y, axis=-1) / jnp.linalg.norm(x, axis=-1)  # noqa: E731
         acc.setdefault("rel_l2_reverse_vs_reverse", []).append(rel(a, b))
         acc.setdefault("rel_l2_reverse_vs_one_step", []).append(rel(a, c))
@@ -270,6 +282,7 @@ def measure_reverse_effect(model: DiffuRec, params, split, *, rows: int = 1024, 
                 acc.setdefault(f"hr@{K}_{name}", []).append(jnp.any(hit, 1).astype(jnp.float32))
                 acc.setdefault(f"ndcg@{K}_{name}", []).append(
                     jnp.where(jnp.any(hit, 1), 1.0 / jnp.log2(rank + 2.0), 0.0))
+    out = {"rows": n}
     for k, v in acc.items():
         out[k] = float(np.mean(np.concatenate(jax.device_get(v))))
     return out

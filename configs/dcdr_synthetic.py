@@ -77,6 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.infer.guidance = 0.0  # classifier-free guidance weight on the condition (0: off)
     c.infer.batch_size = 500
     c.infer.keep_initial = True  # the starting list is one of the evaluator's candidates
+    c.infer.noise_start = False  # start the beam from the initial list and B-1 draws of q(x_ts | x_init)
+    c.infer.seed = 0  # PRNG seed of noise_start
 
     c.eval = ml_collections.ConfigDict()
     c.eval.n_requests = 5000  # requests scored

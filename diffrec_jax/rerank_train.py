@@ -219,7 +219,8 @@ def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None,
             cond = jnp.full((R, ncand), code, jnp.int32).at[:, m:].set(RS.UNEXPOSED)
         seqs, scores, steps = model.generate(
             params, ctx, arrays["init"][idx], cond, t_start=int(icfg.t_start), beam=int(icfg.beam),
-            early_stop=bool(icfg.early_stop), guidance=float(icfg.get("guidance", 0.0)))
+            early_stop=bool(icfg.early_stop), guidance=float(icfg.get("guidance", 0.0)),
+            noise_start=bool(icfg.get("noise_start", False)), key=jax.random.fold_in(jax.random.key(int(icfg.get("seed", 0))), s))
         top = seqs[:, 0]
         if util is not None:
             if icfg.get("keep_initial", True):  # the starting list competes too

@@ -168,6 +168,9 @@ def test_generate_beam1_equals_greedy_loop(kernel):
     np.testing.assert_array_equal(np.asarray(seqs)[:, 0], x)
     seqs4, scores4, _ = D.generate(fn, init, kernel=kernel, sched=SCHED, t_start=ts, beam=4)
     assert _is_perm(np.asarray(seqs4))
+    starts = jnp.stack([init, init[:, ::-1], jnp.roll(init, 1, 1)], 1)  # several live starting lists
+    seqs3, scores3, _ = D.generate(fn, starts, kernel=kernel, sched=SCHED, t_start=2, beam=3)
+    assert _is_perm(np.asarray(seqs3)) and np.all(np.asarray(scores3)[:, 0] > D.INVALID / 2)
 
 
 def test_early_stop_on_fixed_point():

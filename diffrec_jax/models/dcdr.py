@@ -420,6 +420,11 @@ def decode_topb(logp_LxN: jnp.ndarray, beam: int) -> tuple[jnp.ndarray, jnp.ndar
     return seqs, score
 
 
+def greedy_decode_jax(logp_LxN: jnp.ndarray) -> jnp.ndarray:
+    """:func:`decode_topb` with one beam: the greedy valid permutation, int32 ``[L]``."""
+    return decode_topb(logp_LxN, 1)[0][0]
+
+
 def greedy_decode(logp_LxN: np.ndarray) -> np.ndarray:
     """Reference greedy decoding (NumPy): position by position, the best unused candidate."""
     L, N = logp_LxN.shape
@@ -473,7 +478,8 @@ def generate(
     Args:
       logits_fn: ``(x_RxBxn int32, t int) -> [R, B, n, n]`` pointer logits of ``p(x_0 | x_t)``
         (a closure over the request's context and condition).
-      init: int ``[R, n]`` initial lists.
+      init: int ``[R, n]`` initial lists, or ``[R, B, n]`` ``B`` starting sequences per request
+        (e.g. the initial list and noised copies of it; all start live).
       kernel, sched: the diffusion kernel and schedule.
       t_start: ``t_s`` in ``1..T`` (the "noise scale" knob).
       beam: ``B``.
@@ -485,9 +491,16 @@ def generate(
     """
     if not 1 <= t_start <= sched.num_steps:
         raise ValueError(f"t_start must be in 1..{sched.num_steps}, got {t_start}")
-    R, n = init.shape
-    seqs = jnp.broadcast_to(init[:, None, :], (R, beam, n)).astype(jnp.int32)
-    scores = jnp.full((R, beam), INVALID, jnp.float32).at[:, 0].set(0.0)
+    if init.ndim == 3:  # several starting sequences per request, all live
+        R, b0, n = init.shape
+        if b0 != beam:
+            raise ValueError(f"init has {b0} starting sequences per request, beam is {beam}")
+        seqs = init.astype(jnp.int32)
+        scores = jnp.zeros((R, beam), jnp.float32)
+    else:
+        R, n = init.shape
+        seqs = jnp.broadcast_to(init[:, None, :], (R, beam, n)).astype(jnp.int32)
+        scores = jnp.full((R, beam), INVALID, jnp.float32).at[:, 0].set(0.0)
     done = jnp.zeros((R,), bool)
     steps = jnp.zeros((R,), jnp.int32)
     step_fn = _beam_step(kernel, beam)
@@ -805,8 +818,24 @@ class DCDR:
         return logits_fn
 
     def generate(self, params: dict, ctx: Context, init: jnp.ndarray, cond: jnp.ndarray, *,
-                 t_start: int, beam: int = 4, early_stop: bool = True, guidance: float = 0.0):
-        """Reverse process from ``init`` under condition ``cond`` (see :func:`generate`)."""
+                 t_start: int, beam: int = 4, early_stop: bool = True, guidance: float = 0.0,
+                 noise_start: bool = False, key: jax.Array | None = None):
+        """Reverse process from ``init`` under condition ``cond`` (see :func:`generate`).
+
+        With ``noise_start`` ([design], the spec's optional "noise it with ``q(x_{t_s} | x_init)``"),
+        the beam starts from ``B`` sequences: the initial list and ``B - 1`` draws of
+        ``q(x_{t_s} | x_init)`` (``key`` required).
+        """
+        if noise_start and beam > 1:
+            if key is None:
+                raise ValueError("noise_start needs a key")
+            R, n = init.shape
+            rep = jnp.repeat(init, beam - 1, axis=0)
+            noised = q_sample(self.kernel, key, rep, jnp.full((R * (beam - 1),), t_start, jnp.int32),
+                              self.sched, self.n_swaps_max)
+            if self.kernel == "token_uniform":  # a starting sequence must be a valid list
+                noised = jax.vmap(lambda x: greedy_decode_jax(jnp.log(_onehot(x, n) + 1e-3)))(noised)
+            init = jnp.concatenate([init[:, None], noised.reshape(R, beam - 1, n)], 1)
         return generate(self.make_logits_fn(params, ctx, cond, guidance), init, kernel=self.kernel,
                         sched=self.sched, t_start=t_start, beam=beam, early_stop=early_stop)
 

@@ -39,6 +39,18 @@ Reference quirks (spec sections 8, 12, 13), with the switch where we differ:
 6. Batches draw 256 rows without replacement within a step, independently across steps:
    ``train.sampling = "independent"`` (``"permutation"`` gives proper passes).
 7. The ``cosine`` schedule clips betas to ``[1e-4, 0.9999]`` (unlike Nichol & Dhariwal's 0.999).
+
+Measured here (YooChoose, faithful config, seed 100, 75 epochs on a shared 2-core CPU): the MSE
+objective with gradients into ``E[next]`` shrinks the trained item rows (mean norm 8 -> 2.2 after 15
+epochs, training MSE 5e-4 by epoch 40) while the rows of items that never occur in training keep
+their N(0, 1) norm of about 8. The YooChoose split drifts in time: 67 % of test targets (31 % of
+validation targets) never occur in training. Ranking by ``x E^T`` then puts never-trained items
+first: at the validation-selected epoch (45) every test hit (HR@20 4.33 %, NDCG@20 1.19 %) comes from
+a row whose target never occurs in training (seen-target rows: HR@20 0.000), and the top-20 lists of
+2,000 test rows hold only 131 distinct items. Validation and test HR@20 oscillate between 0.1 % and
+4.3 % from one evaluation to the next. These numbers measure which random never-trained rows align
+with the generated vectors, not sequential modelling; SASRec on the same rows (``configs/sasrec_yc.py``)
+reaches validation HR@20 24 % and test HR@20 4.6 %.
 """
 
 from __future__ import annotations

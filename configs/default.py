@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.eval_every_epochs = 5  # evaluate (and checkpoint) every this many epochs
     c.train.patience_epochs = 20  # stop when epoch - best_epoch >= this (checked each epoch)
     c.train.max_to_keep = 2  # checkpoints kept
+    c.train.time_budget_s = 0.0  # stop after this many seconds of training + evaluation (0: none)
     c.train.num_devices = 0  # data-parallel devices (0: all visible); batches are sharded over them
 
     c.eval = ml_collections.ConfigDict()

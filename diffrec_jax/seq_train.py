@@ -53,7 +53,7 @@ from diffrec_jax.data.sequences import (
     make_synthetic_sequences,
 )
 from diffrec_jax.models.mlp import count_params
-from diffrec_jax.train import MetricWriter, TrainState, _progress, make_optimizer, padded_batches
+from diffrec_jax.train import MetricWriter, TrainState, _over_budget, _progress, make_optimizer, padded_batches
 
 log = logging.getLogger("diffrec_jax")
 
@@ -580,7 +580,8 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
             }
             bar.set_postfix(epoch=epoch, loss=f"{rec['train/loss']:.4g}", ex_s=f"{n_ex / dt:.0f}")
             writer.write(rec)
-            if epoch % t_cfg.eval_every_epochs == 0 or epoch == t_cfg.num_epochs:
+            over = _over_budget(t_cfg, meta)
+            if epoch % t_cfg.eval_every_epochs == 0 or epoch == t_cfg.num_epochs or over:
                 t0 = time.perf_counter()
                 res_v = run_eval(state.params, state.model_state, "valid")
                 tv = time.perf_counter() - t0
@@ -619,6 +620,10 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
                 bar.set_postfix(epoch=epoch, best=f"{meta['best_score']:.4f}@{meta['best_epoch']}")
                 meta["epoch"] = epoch
                 ckpt.save(epoch, state, meta)
+                if over:
+                    log.info("time budget of %.0f s spent after epoch %d: stopping",
+                             float(t_cfg.time_budget_s), epoch)
+                    break
     finally:
         bar.close()
         ckpt.close()

@@ -417,6 +417,16 @@ def _mean_std(dicts: list[dict]) -> tuple[dict, dict]:
     return {k: float(v.mean()) for k, v in arr.items()}, std
 
 
+def _over_budget(t_cfg, meta) -> bool:
+    """True once training + evaluation time (resumed runs included) reaches ``train.time_budget_s``.
+
+    The epoch that crosses the budget is evaluated and checkpointed, then training stops as if
+    early-stopped: the kept best epoch is tested as usual (0 or absent: no budget).
+    """
+    budget = float(t_cfg.get("time_budget_s", 0) or 0)
+    return budget > 0 and meta["train_time_s"] + meta["eval_time_s"] >= budget
+
+
 def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = None) -> dict:
     """Trains ``config.model.name`` with early stopping and returns the results dictionary.
 
@@ -532,7 +542,8 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
                 rec["train/loss_per_seed"] = [float(v) for v in losses.mean(0)]
             bar.set_postfix(epoch=epoch, loss=f"{rec['train/loss']:.4g}", users_s=f"{U * K / dt:.0f}")
             writer.write(rec)
-            if epoch % t_cfg.eval_every_epochs == 0 or epoch == t_cfg.num_epochs:
+            over = _over_budget(t_cfg, meta)
+            if epoch % t_cfg.eval_every_epochs == 0 or epoch == t_cfg.num_epochs or over:
                 t0 = time.perf_counter()
                 res_k = evaluate(model, state, dd, U, e_cfg, k_eval, replicas=K, mesh=mesh)
                 et = time.perf_counter() - t0
@@ -562,6 +573,10 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
                     f"{r['best_score']:.4f}@{r['best_epoch']}" for r in reps))
                 meta["epoch"] = epoch
                 ckpt.save(epoch, state, meta)
+                if over:
+                    log.info("time budget of %.0f s spent after epoch %d: stopping",
+                             float(t_cfg.time_budget_s), epoch)
+                    break
     finally:
         bar.close()
         ckpt.close()

@@ -200,6 +200,13 @@ def test_sasrec_end_to_end_and_exact_resume(tmp_path):
         seq_train.train_and_evaluate(bad, str(tmp_path / "bad"))
 
 
+def test_time_budget_stops_sequential_training(tmp_path):
+    cfg = seq_test.get_config("sasrec")
+    cfg.train.num_epochs, cfg.train.eval_every_epochs, cfg.train.time_budget_s = 3, 3, 1e-9
+    res = seq_train.train_and_evaluate(cfg, str(tmp_path))
+    assert res["epochs_run"] == 1 and res["best_epoch"] == 1 and 0.0 <= res["test"]["hr@20"] <= 1.0
+
+
 def test_epoch_batches_are_seeded_and_buckets_cover_every_row_once():
     idx, mask = seq_train.epoch_batches(103, 10, seed=1, epoch=2, sampling="independent")
     assert idx.shape == (10, 10) and mask.all()

@@ -139,3 +139,13 @@ def test_metrics_writer_survives_a_line_cut_by_a_kill(tmp_path):
     assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2]
     w.write({"epoch": 3})
     assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
+    # a budget of 1 ns is spent by the first epoch: it is evaluated (off the every-2 schedule),
+    # checkpointed, and its model tested, exactly like an early stop
+    res = train.train_and_evaluate(_cfg(**{"train.time_budget_s": 1e-9}), str(tmp_path))
+    assert res["epochs_run"] == 1 and res["best_epoch"] == 1
+    lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "valid/recall@10" in r] == [1]
+    assert json.loads((tmp_path / "results.json").read_text())["test"] == res["test"]

@@ -32,6 +32,10 @@ Parts (``--parts``, all by default); each appends its results to ``bench_suite.j
    against the exact top-k) and a streamed top-k that never materialises the ``[B, I]`` score
    matrix (scan over item chunks of an output layer). Plot ``topk.png``.
 
+5. ``seeds``: the cost of K seeds in one vmapped program (``config.num_seeds = K``) against K
+   separate runs, for DiffRec on ML-1M clean: seconds per training epoch (steady state, after the
+   compiling epoch) and per evaluation of all replicas, for K = 1 and K = 3 (``--seeds_k``).
+
 Speed is reported as measured in this run and as ratios of numbers measured in this same run
 (achieved / ceiling GFLOP/s, method / ``lax.top_k`` time, generic / projected sampler time);
 load averages are recorded at the start and end of every part, because the machine may be shared.
@@ -68,7 +72,7 @@ from diffrec_jax import metrics as M  # noqa: E402
 from diffrec_jax import models, samplers, schedules, train  # noqa: E402
 from diffrec_jax.data import load_diffrec_npy, make_synthetic  # noqa: E402
 
-PARTS = ("models", "steps", "scaling", "topk")
+PARTS = ("models", "steps", "scaling", "topk", "seeds")
 STEP_COUNTS = (1, 2, 5, 10, 20, 40)
 TARGET_CEILING_FRACTION = 0.60  # DiffRec on ML-1M clean: a training epoch at >= 60 % of the ceiling
 MB = 1024.0**2
@@ -1025,6 +1029,47 @@ def part_topk(quick: bool, seed: int) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
+def part_seeds(data_dir: str, quick: bool, ks: Sequence[int], seed: int) -> dict:
+    """Part 5: one vmapped program of K seeds against K separate runs (DiffRec)."""
+    from configs import diffrec_ml1m, test as test_config
+    from diffrec_jax import train
+
+    if quick:
+        data, note = make_synthetic(600, 400, mean_items_per_user=30, seed=0, name="synthetic_quick"), \
+            "quick: synthetic 600 users x 400 items"
+        base = test_config.get_config()
+        epochs = 3
+    else:
+        data, note = load_ml1m(data_dir)
+        base = diffrec_ml1m.get_config()
+        epochs = 4
+    rows = []
+    for k in ks:
+        cfg = base.copy_and_resolve_references()
+        with cfg.unlocked():
+            cfg.seed, cfg.num_seeds = seed + 1, int(k)
+            cfg.train.num_epochs, cfg.train.eval_every_epochs = epochs, epochs
+            cfg.train.patience_epochs = 10 * epochs
+            cfg.train.num_devices = 1
+        with tempfile.TemporaryDirectory() as wd:
+            t0 = time.perf_counter()
+            train.train_and_evaluate(cfg, wd, data=data)
+            wall = time.perf_counter() - t0
+            with open(os.path.join(wd, "metrics.jsonl")) as f:
+                recs = [json.loads(line) for line in f]
+        ep = [r["train/epoch_s"] for r in recs if "train/epoch_s" in r]
+        ev = [r["eval/time_s"] for r in recs if "eval/time_s" in r]
+        rows.append({"k": int(k), "first_epoch_s": ep[0], "epoch_s": float(np.median(ep[1:])),
+                     "eval_s": float(ev[0]), "wall_s": wall})
+        print(f"[seeds] K={k}: {rows[-1]['epoch_s']:.3f} s/epoch, eval {rows[-1]['eval_s']:.2f} s", flush=True)
+    one = next((r for r in rows if r["k"] == 1), None)
+    if one is not None:
+        for r in rows:
+            r["epoch_ratio_vs_separate"] = r["epoch_s"] / (r["k"] * one["epoch_s"])
+            r["eval_ratio_vs_separate"] = r["eval_s"] / (r["k"] * one["eval_s"])
+    return {"data": note, "epochs": epochs, "rows": rows}
+
+
 def _load(d) -> str:
     """``start [..] -> end [..]`` from a part's ``loadavg`` record."""
     if not isinstance(d, dict):
@@ -1209,6 +1254,22 @@ def markdown(res: dict) -> str:
                       "`is_fallback = true`): an exact top-k, hence recall 1.0. The approximate "
                       "algorithm proper runs on TPU."]
         lines += ["", "![topk](topk.png)", ""]
+    if "seeds" in res:
+        sd = res["seeds"]
+        lines += [
+            "## 5. K seeds in one program against K separate runs (DiffRec)",
+            "",
+            f"{_load(sd['loadavg'])}. Data: {sd['data']}; {sd['epochs']} epochs per run, steady-state epoch = "
+            "median after the first (compiling) epoch; evaluation = one full ranking of every replica. "
+            "Ratio = vmapped time / (K x time of one seed): below 1 means the vmapped program is cheaper.",
+            "",
+            "| K | s / epoch | ratio vs K separate | s / evaluation | ratio vs K separate | first epoch (compile) s |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sd["rows"]:
+            lines.append(f"| {r['k']} | {r['epoch_s']:.3f} | {_f(r.get('epoch_ratio_vs_separate'))} | "
+                         f"{r['eval_s']:.2f} | {_f(r.get('eval_ratio_vs_separate'))} | {r['first_epoch_s']:.2f} |")
+        lines.append("")
     if res.get("errors"):
         lines += ["## Errors", ""] + [f"- {k}: {v}" for k, v in res["errors"].items()] + [""]
     lines.append(f"Load average at the end: {res.get('loadavg_end', '-')}.")
@@ -1331,12 +1392,14 @@ def define_flags():
                        "MemAvailable at that moment).")
     flags.DEFINE_integer("chunk_size", 131072, "Items per chunk of the exact top-k in scaling.")
     flags.DEFINE_integer("seed", 0, "Seed of every random draw.")
+    flags.DEFINE_list("seeds_k", ["1", "3"], "Part 5: numbers of vmapped seeds to time (1 first).")
     return flags.FLAGS
 
 
 def run_suite(*, out: str, quick: bool, parts: Sequence[str], data_dir: str, diffrec_run: str,
               fallback_epochs: int, model_names: Sequence[str], scaling_hidden: int,
-              mem_budget_gb: float, chunk_size: int, seed: int, command: str = "") -> dict:
+              mem_budget_gb: float, chunk_size: int, seed: int, command: str = "",
+              seeds_k: Sequence[int] = (1, 3)) -> dict:
     """Runs the requested parts, writing the outputs after each; returns the results."""
     bad = [p for p in parts if p not in PARTS]
     if bad:
@@ -1356,8 +1419,10 @@ def run_suite(*, out: str, quick: bool, parts: Sequence[str], data_dir: str, dif
                                       1 if quick else fallback_epochs, seed)
             elif part == "scaling":
                 out_part = part_scaling(quick, scaling_hidden, mem_budget_gb, chunk_size, seed)
-            else:
+            elif part == "topk":
                 out_part = part_topk(quick, seed)
+            else:
+                out_part = part_seeds(data_dir, quick, seeds_k, seed)
             out_part["loadavg"] = {"start": start_load, "end": loadavg()}
             out_part["wall_s"] = time.perf_counter() - t0
             res[part] = out_part
@@ -1380,7 +1445,7 @@ def main(argv):
         out=f.out, quick=f.quick, parts=f.parts, data_dir=f.data_dir, diffrec_run=f.diffrec_run,
         fallback_epochs=f.fallback_epochs, model_names=f.models, scaling_hidden=f.scaling_hidden,
         mem_budget_gb=f.mem_budget_gb, chunk_size=f.chunk_size, seed=f.seed,
-        command=" ".join(sys.argv),
+        command=" ".join(sys.argv), seeds_k=[int(k) for k in f.seeds_k],
     )
     print(markdown(res))
     print(f"wrote {os.path.join(f.out, 'bench_suite.json')} and bench_suite.md")

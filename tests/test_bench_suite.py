@@ -136,3 +136,14 @@ def test_markdown_renders_partial_results(bs):
     md = bs.markdown(res)
     assert "no GPU" in md or "GPU present" in md
     assert "skipped: no config" in md and "scaling: boom" in md
+
+
+def test_seeds_part_reports_ratio_against_separate_runs(bs):
+    res = bs.part_seeds("", True, [1, 2], 0)
+    assert [r["k"] for r in res["rows"]] == [1, 2]
+    one, two = res["rows"]
+    assert one["epoch_ratio_vs_separate"] == 1.0 and two["epoch_s"] > 0
+    assert two["epoch_ratio_vs_separate"] == two["epoch_s"] / (2 * one["epoch_s"])
+    env = bs.environment()
+    assert "5. K seeds" in bs.markdown({"quick": True, "command": "", "environment": env,
+                                        "seeds": {**res, "loadavg": {"start": 0, "end": 0}}})

@@ -49,16 +49,24 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.n_heads = 4
     c.model.dropout = 0.1
     c.model.cond_dropout = 0.1  # condition dropout (null condition) for classifier-free guidance
+    c.model.use_ids = True  # user / item id embeddings (False: category, initial rank, history categories)
+    c.model.use_rank = True  # the candidates' initial-ranking positions (needs init_rank_feature)
 
     c.evaluator = ml_collections.ConfigDict()
     c.evaluator.emb_dim = 64
     c.evaluator.n_layers = 2
     c.evaluator.n_heads = 4
     c.evaluator.dropout = 0.1
+    c.evaluator.use_ids = True
+    c.evaluator.use_rank = True
+    c.evaluator.kind = "transformer"  # transformer | pairwise (mutual-influence MLPs)
+    c.evaluator.causal = False  # position k attends to the user and positions <= k only
 
     c.pointwise = ml_collections.ConfigDict()
     c.pointwise.emb_dim = 64
     c.pointwise.dropout = 0.1
+    c.pointwise.use_ids = True
+    c.pointwise.use_rank = True
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256
@@ -77,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.infer.guidance = 0.0  # classifier-free guidance weight on the condition (0: off)
     c.infer.batch_size = 500
     c.infer.keep_initial = True  # the starting list is one of the evaluator's candidates
+    c.infer.min_gain = 0.0  # evaluator margin (expected clicks) needed to leave the starting list
     c.infer.noise_start = False  # start the beam from the initial list and B-1 draws of q(x_ts | x_init)
     c.infer.seed = 0  # PRNG seed of noise_start
 

@@ -229,7 +229,12 @@ def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None,
             B = seqs.shape[1]
             u = util(eparams, ctx.repeat(B), seqs.reshape(R * B, ncand)).reshape(R, B)
             u = jnp.where(scores > D.INVALID / 2, u, -jnp.inf)
-            chosen = jnp.take_along_axis(seqs, jnp.argmax(u, 1)[:, None, None], 1)[:, 0]
+            best = jnp.argmax(u, 1)
+            if icfg.get("keep_initial", True) and float(icfg.get("min_gain", 0.0)) > 0:
+                # switch away from the starting list only for a predicted gain of at least min_gain
+                gain = jnp.max(u, 1) - u[:, -1]
+                best = jnp.where(gain >= float(icfg.min_gain), best, B - 1)
+            chosen = jnp.take_along_axis(seqs, best[:, None, None], 1)[:, 0]
         else:
             chosen = top
         out["lists"].append(np.asarray(chosen))

@@ -48,6 +48,7 @@ __all__ = [
     "KnowledgeGraph",
     "build_kg",
     "load_kg_triples",
+    "load_kgin_interactions",
     "load_lastfm_kgcn",
     "read_kgcn_kg",
     "user_item_edges",
@@ -336,6 +337,47 @@ def user_item_edges(x_csr: CSR) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     d_i = np.bincount(items, minlength=x_csr.n_items).astype(np.float64) + 1.0
     w = 1.0 / np.sqrt(d_u[users] * d_i[items])
     return users, items, w.astype(np.float32), ((1.0 / d_u).astype(np.float32), (1.0 / d_i).astype(np.float32))
+
+
+def load_kgin_interactions(path: PathLike, n_items: int | None = None) -> CSR:
+    """KGAT / KGIN interaction lists: one user per line, ``user_id item_id item_id ...``.
+
+    Args:
+      path: the file (e.g. ``shared/data/diffkg/alibaba/test_kgin.txt``).
+      n_items: number of items (default: max item id + 1).
+
+    Returns:
+      A binary CSR with ``max user id + 1`` rows (users without a line are empty rows).
+
+    Raises:
+      DataError: missing file, non-integer or negative ids, a user listed twice (names the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: interaction file not found")
+    users, items, seen = [], [], set()
+    with open(path, encoding="utf-8") as f:
+        for no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                ids = [int(p) for p in parts]
+            except ValueError:
+                raise DataError(f"{path}: line {no}: non-integer id in {line[:80]!r}") from None
+            if min(ids) < 0:
+                raise DataError(f"{path}: line {no}: negative id")
+            if ids[0] in seen:
+                raise DataError(f"{path}: line {no}: user {ids[0]} listed twice")
+            seen.add(ids[0])
+            its = sorted(set(ids[1:]))
+            users.extend([ids[0]] * len(its))
+            items.extend(its)
+    if not users:
+        raise DataError(f"{path}: no interactions")
+    u, i = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    n_i = int(i.max()) + 1 if n_items is None else int(n_items)
+    return CSR.from_pairs(u, i, int(u.max()) + 1, n_i)
 
 
 # --------------------------------------------------------------------------- #

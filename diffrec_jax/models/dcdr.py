@@ -586,8 +586,8 @@ def init_transformer(key: jax.Array, d: int, n_layers: int, ffn_mult: int = 4) -
 
 
 def transformer(p: dict, h_BxSxD: jnp.ndarray, n_heads: int, rate: float = 0.0,
-                key: jax.Array | None = None) -> jnp.ndarray:
-    """Bidirectional pre-LN Transformer over ``S`` tokens.
+                key: jax.Array | None = None, causal: bool = False) -> jnp.ndarray:
+    """Pre-LN Transformer over ``S`` tokens, bidirectional or causal.
 
     Args:
       p: :func:`init_transformer` parameters.
@@ -595,6 +595,8 @@ def transformer(p: dict, h_BxSxD: jnp.ndarray, n_heads: int, rate: float = 0.0,
       n_heads: attention heads (``d`` divisible by it).
       rate: dropout rate on the residual branches (training only, with ``key``).
       key: PRNG key or None.
+      causal: token ``i`` attends to tokens ``<= i`` only (a top-down examination order when the
+        list follows a user token).
 
     Returns:
       ``[B, S, d]``.
@@ -609,7 +611,10 @@ def transformer(p: dict, h_BxSxD: jnp.ndarray, n_heads: int, rate: float = 0.0,
         x = _ln(blk["ln1"], h)
         q, k, v = jnp.split(_dense(blk["qkv"], x), 3, -1)
         q, k, v = (a.reshape(B, S, n_heads, hd) for a in (q, k, v))
-        att = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd), -1)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+        if causal:
+            logits = jnp.where(jnp.tril(jnp.ones((S, S), bool)), logits, -1e9)
+        att = jax.nn.softmax(logits, -1)
         o = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(B, S, D)
         h = h + _drop(_dense(blk["o"], o), rate, ka)
         x = _ln(blk["ln2"], h)
@@ -648,16 +653,21 @@ def _init_embeddings(key, n_users, n_items, n_cats, d, n) -> dict:
     }
 
 
-def _embed(p: dict, item_cat: jnp.ndarray, ctx: Context) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _embed(p: dict, item_cat: jnp.ndarray, ctx: Context, use_ids: bool = True,
+           use_rank: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``(user [B, d], cands [B, n, d])``: user id embedding + projected mean history item
     embedding; candidate = item id embedding + category embedding (+ embedding of its position in
-    the initial ranking when ``ctx.rank`` is given)."""
+    the initial ranking when ``ctx.rank`` is given). With ``use_ids = False`` the user and item id
+    embeddings are left out (features: category, initial rank, and the history's categories)."""
     def item_repr(items):
-        return p["item"][items] + p["cat"][item_cat[items]]
+        e = p["cat"][item_cat[items]]
+        return e + p["item"][items] if use_ids else e
 
-    u = p["user"][ctx.user] + _dense(p["hist"], jnp.mean(item_repr(ctx.hist), 1))
+    u = _dense(p["hist"], jnp.mean(item_repr(ctx.hist), 1))
+    if use_ids:
+        u = u + p["user"][ctx.user]
     c = item_repr(ctx.cands)
-    if ctx.rank is not None:
+    if use_rank and ctx.rank is not None:
         c = c + p["rank"][ctx.rank]
     return u, c
 
@@ -707,6 +717,8 @@ class DCDR:
         self.n_heads = int(g("n_heads"))
         self.rate = float(g("dropout"))
         self.cond_dropout = float(g("cond_dropout"))
+        self.use_ids = bool(_mget(m, "use_ids", True))
+        self.use_rank = bool(_mget(m, "use_rank", True))
         if self.d % self.n_heads:
             raise ValueError(f"config.model.emb_dim ({self.d}) must be divisible by n_heads ({self.n_heads})")
         self.item_cat = jnp.asarray(world.item_cat)
@@ -758,7 +770,7 @@ class DCDR:
         Returns:
           ``[B, n, n]`` logits (position x candidate).
         """
-        u, c = _embed(params["emb"], self.item_cat, ctx)  # [B, d], [B, n, d]
+        u, c = _embed(params["emb"], self.item_cat, ctx, self.use_ids, self.use_rank)  # [B, d], [B, n, d]
         B, n, d = c.shape
         user_tok = u + params["time"][t] + params["type"][0]
         xt_emb = jnp.take_along_axis(c, x_t[:, :, None], 1)
@@ -846,14 +858,28 @@ class ListEvaluator:
     ``logit_k = MLP-free head(h_k) + <u, e_{L_k}> + b_{L_k} + b^pos_k`` where ``h`` is a
     Transformer over ``[user token, list tokens]`` (list token = candidate embedding + position
     embedding), so it can model position, preference and the mutual influence of items (e.g.
-    repeated categories). Trained with per-position BCE on the exposed slots of the logs;
-    utility = ``sum_{k<=m} P(click_k)``.
+    repeated categories); with ``causal`` (config ``evaluator.causal``) position ``k`` sees only the
+    user and positions ``<= k``, a top-down examination order as in DLCM-style rerankers.
+
+    ``kind = "pairwise"`` ([design]) replaces the Transformer by a mutual-influence model: an item
+    term plus the summed influence of every earlier item on item ``k``, each a small MLP of the two
+    item embeddings, their distance and a same-category indicator (a standard diversity feature):
+    ``logit_k = b^pos_k + f(x_k, u) + sum_{j<k} g(x_j, x_k, k - j, 1[cat_j = cat_k])``.
+
+    Trained with per-position BCE on the exposed slots of the logs; utility
+    ``= sum_{k<=m} P(click_k)``.
     """
 
     name = "list_evaluator"
 
     def __init__(self, config: Any, world: Any):
         m = config.evaluator
+        self.use_ids = bool(_mget(m, "use_ids", True))
+        self.use_rank = bool(_mget(m, "use_rank", True))
+        self.causal = bool(_mget(m, "causal", False))
+        self.kind = _mget(m, "kind", "transformer")
+        if self.kind not in ("transformer", "pairwise"):
+            raise ValueError(f"config.evaluator.kind must be 'transformer' or 'pairwise', got {self.kind!r}")
         self.sizes = _sizes(world)
         self.d = int(_mget(m, "emb_dim", 64))
         self.n_layers = int(_mget(m, "n_layers", 2))
@@ -870,21 +896,51 @@ class ListEvaluator:
             "pos": 0.1 * jax.random.normal(ks[1], (s.n, d), jnp.float32),
             "pos_bias": jnp.zeros((s.n, 2), jnp.float32),
             "type": 0.1 * jax.random.normal(ks[2], (2, d), jnp.float32),
-            "tf": init_transformer(ks[3], d, self.n_layers),
             "head": _dense_init(ks[4], d, 2, 0.1),
         }
+        if self.kind == "transformer":
+            params["tf"] = init_transformer(ks[3], d, self.n_layers)
+        else:
+            kp = jax.random.split(ks[3], 5)
+            params.update({
+                "item1": _dense_init(kp[0], d, d), "item2": _dense_init(kp[1], d, 2, 0.1),
+                "dist": 0.1 * jax.random.normal(kp[2], (s.n, d), jnp.float32),
+                "pair1": _dense_init(kp[3], 3 * d + 1, d), "pair2": _dense_init(kp[4], d, 2, 0.1),
+            })
         return None, params, {}
+
+    def _pairwise(self, params, u, x, cats, key):
+        """Item term ``MLP(x_k + u)`` plus the summed influence of every earlier item,
+        ``sum_{j<k} MLP([x_j, x_k, pos(k - j), 1[cat_j = cat_k]])``, ``[B, n, 2]``."""
+        B, n, d = x.shape
+        item = _dense(params["item2"], _drop(jax.nn.gelu(_dense(params["item1"], x + u[:, None])), self.rate, key))
+        j, k = jnp.meshgrid(jnp.arange(n), jnp.arange(n), indexing="ij")  # [n, n]: (j, k)
+        dist = params["dist"][jnp.clip(k - j, 0, n - 1)]  # [n, n, d]
+        same = (cats[:, :, None] == cats[:, None, :]).astype(jnp.float32)[..., None]  # [B, j, k, 1]
+        feats = jnp.concatenate([jnp.broadcast_to(x[:, :, None], (B, n, n, d)),
+                                 jnp.broadcast_to(x[:, None, :], (B, n, n, d)),
+                                 jnp.broadcast_to(dist[None], (B, n, n, d)), same], -1)
+        pair = _dense(params["pair2"], jax.nn.gelu(_dense(params["pair1"], feats)))  # [B, j, k, 2]
+        before = (j < k).astype(jnp.float32)[None, :, :, None]
+        return item + jnp.sum(pair * before, 1)
 
     def logits(self, params, ctx: Context, lists: jnp.ndarray, key=None) -> jnp.ndarray:
         """``[B, n, 2]`` click / like logits of each position of ``lists`` (int ``[B, n]``)."""
-        u, c = _embed(params["emb"], self.item_cat, ctx)
+        u, c = _embed(params["emb"], self.item_cat, ctx, self.use_ids, self.use_rank)
         B, n, d = c.shape
         x = jnp.take_along_axis(c, lists[:, :, None], 1)
         items = jnp.take_along_axis(ctx.cands, lists, 1)
+        if self.kind == "pairwise":
+            out = self._pairwise(params, u, x, self.item_cat[items], key) + params["pos_bias"][None, :n]
+            if self.use_ids:
+                out = out + (jnp.einsum("bd,bkd->bk", u, x) + params["item_bias"][items])[..., None]
+            return out
         h = jnp.concatenate([(u + params["type"][0])[:, None],
                              x + params["pos"][None, :n] + params["type"][1]], 1)
-        h = transformer(params["tf"], h, self.n_heads, self.rate, key)[:, 1:]
-        base = jnp.einsum("bd,bkd->bk", u, x) + params["item_bias"][items]
+        h = transformer(params["tf"], h, self.n_heads, self.rate, key, causal=self.causal)[:, 1:]
+        base = jnp.einsum("bd,bkd->bk", u, x)
+        if self.use_ids:
+            base = base + params["item_bias"][items]
         return _dense(params["head"], h) + base[..., None] + params["pos_bias"][None, :n]
 
     def loss(self, params, ctx: Context, lists, clicks, likes, mask_B, key):
@@ -914,6 +970,8 @@ class PointwiseRanker:
 
     def __init__(self, config: Any, world: Any):
         m = config.pointwise
+        self.use_ids = bool(_mget(m, "use_ids", True))
+        self.use_rank = bool(_mget(m, "use_rank", True))
         self.sizes = _sizes(world)
         self.d = int(_mget(m, "emb_dim", 64))
         self.rate = float(_mget(m, "dropout", 0.1))
@@ -933,11 +991,12 @@ class PointwiseRanker:
 
     def item_logits(self, params, ctx: Context, key=None) -> jnp.ndarray:
         """``[B, n]`` position-free click logits of the candidates."""
-        u, c = _embed(params["emb"], self.item_cat, ctx)
+        u, c = _embed(params["emb"], self.item_cat, ctx, self.use_ids, self.use_rank)
         uu = jnp.broadcast_to(u[:, None], c.shape)
         f = jnp.concatenate([uu, c, uu * c], -1)
         h = _drop(jax.nn.gelu(_dense(params["h1"], f)), self.rate, key)
-        return _dense(params["h2"], h)[..., 0] + jnp.sum(uu * c, -1) + params["item_bias"][ctx.cands]
+        out = _dense(params["h2"], h)[..., 0] + jnp.sum(uu * c, -1)
+        return out + params["item_bias"][ctx.cands] if self.use_ids else out
 
     def loss(self, params, ctx: Context, lists, clicks, likes, mask_B, key):
         del likes

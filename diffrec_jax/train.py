@@ -55,7 +55,8 @@ def load_data(dcfg) -> InteractionData:
 
     ``source``: ``synthetic`` (generated, seeded), ``diffrec_npy`` (``dir`` with DiffRec's
     ``train_list.npy``/``valid_list.npy``/``test_list.npy``) or ``movielens`` (``dir`` or ``path`` of
-    ``u.data``/``ratings.dat``, temporal split).
+    ``u.data``/``ratings.dat``, temporal split) or ``lastfm_kgcn`` (``dir`` of the KGCN Last.FM
+    files, seeded per-user random ``split`` with ``split_seed``).
     """
     source = dcfg.source
     if source == "synthetic":
@@ -66,9 +67,15 @@ def load_data(dcfg) -> InteractionData:
         data = load_movielens(
             dcfg.get("path") or dcfg.dir, min_rating=dcfg.get("min_rating"), split=tuple(dcfg.split)
         )
+    elif source == "lastfm_kgcn":  # DiffKG / LightGCN on KGCN Last.FM (the model reads the KG itself)
+        from diffrec_jax.data.kg import load_lastfm_kgcn
+
+        data, _ = load_lastfm_kgcn(dcfg.dir, split=tuple(dcfg.get("split", (0.7, 0.1, 0.2))),
+                                   seed=int(dcfg.get("split_seed", 0)))
     else:
         raise ValueError(
-            f"config.data.source: unknown source {source!r}; choose synthetic, diffrec_npy or movielens"
+            f"config.data.source: unknown source {source!r}; choose synthetic, diffrec_npy, movielens "
+            "or lastfm_kgcn"
         )
     tw = dcfg.get("time_weights")
     if tw:

@@ -131,6 +131,13 @@ def test_lastfm_loader_on_a_fake_folder(tmp_path):
     assert (data.n_users, data.n_items) == (2, 3)
     assert data.train.nnz + data.valid.nnz + data.test.nnz == 6
     assert g.n_entities == 5 and g.n_relations == 4
+    import ml_collections
+
+    from diffrec_jax import train
+
+    via_config = train.load_data(ml_collections.ConfigDict(
+        {"source": "lastfm_kgcn", "dir": str(d), "split": (0.7, 0.1, 0.2), "split_seed": 0}))
+    assert via_config.train.nnz == data.train.nnz and via_config.n_items == 3
     (d / "kg.txt").write_text("0\tmusic.genre\n")
     with pytest.raises(DataError, match="kg.txt: line 1: expected 3"):
         K.load_lastfm_kgcn(d)

@@ -50,6 +50,25 @@ class TrainState(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 
 
+def override(config, overrides: dict, *, allow_new: bool = False):
+    """A copy of ``config`` with ``{"group.field": value, ...}`` set (the source is not changed).
+
+    Raises:
+      KeyError: a field that ``config`` lacks, unless ``allow_new``.
+    """
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for path, value in overrides.items():
+            node = config
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node[p]
+            if not allow_new and leaf not in node:
+                raise KeyError(f"config has no field {path!r}")
+            node[leaf] = value
+    return config
+
+
 def load_data(dcfg) -> InteractionData:
     """Loads the dataset a ``config.data`` group describes.
 

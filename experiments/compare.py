@@ -104,15 +104,7 @@ def base_config(model: str, dataset: str, shared: str):
 
 
 def apply(cfg, overrides: dict):
-    cfg = cfg.copy_and_resolve_references()
-    with cfg.unlocked():
-        for path, value in overrides.items():
-            node = cfg
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return cfg
+    return train.override(cfg, overrides, allow_new=True)
 
 
 def run_or_load(cfg, workdir: str) -> dict:

@@ -77,17 +77,9 @@ def make_trials(space: dict[str, list], search: str, trials: int, seed: int) -> 
 
 
 def apply(cfg, overrides: dict):
-    cfg = cfg.copy_and_resolve_references()
-    with cfg.unlocked():
-        for path, value in overrides.items():
-            node = cfg
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node[p]
-            if leaf not in node:
-                raise KeyError(f"config has no field {path!r}")
-            node[leaf] = value
-    return cfg
+    from diffrec_jax import train
+
+    return train.override(cfg, overrides)
 
 
 def run_trial(cfg, workdir: str, num_seeds: int) -> dict:

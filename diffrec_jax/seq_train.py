@@ -53,7 +53,8 @@ from diffrec_jax.data.sequences import (
     make_synthetic_sequences,
 )
 from diffrec_jax.models.mlp import count_params
-from diffrec_jax.train import MetricWriter, TrainState, _over_budget, _progress, make_optimizer, padded_batches
+from diffrec_jax.train import (MetricWriter, TrainState, _over_budget, _progress, check_train_fields,
+                               make_optimizer, padded_batches)
 
 log = logging.getLogger("diffrec_jax")
 
@@ -128,12 +129,7 @@ def make_seq_optimizer(ocfg, steps_per_epoch: int) -> optax.GradientTransformati
 def validate_config(config, data: SequenceData) -> None:
     """Refuses settings that make no sense before any JAX work, naming the field."""
     t, e = config.train, config.eval
-    if t.batch_size < 1:
-        raise ValueError(f"config.train.batch_size must be >= 1, got {t.batch_size}")
-    if t.num_epochs < 1:
-        raise ValueError(f"config.train.num_epochs must be >= 1, got {t.num_epochs}")
-    if t.eval_every_epochs < 1:
-        raise ValueError(f"config.train.eval_every_epochs must be >= 1, got {t.eval_every_epochs}")
+    check_train_fields(t)
     if t.get("sampling", "permutation") not in ("permutation", "independent"):
         raise ValueError(f"config.train.sampling must be 'permutation' or 'independent', got {t.sampling!r}")
     if t.get("sampling") == "independent" and t.batch_size > len(data.train):

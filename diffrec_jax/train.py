@@ -124,15 +124,22 @@ def make_optimizer(ocfg) -> optax.GradientTransformation:
     return tx
 
 
-def validate_config(config, data: InteractionData) -> None:
-    """Refuses settings that make no sense before any JAX work, naming the field."""
-    t, e = config.train, config.eval
+def check_train_fields(t) -> None:
+    """The ``config.train`` checks every trainer shares (batch, epochs, evaluation, budget)."""
     if t.batch_size < 1:
         raise ValueError(f"config.train.batch_size must be >= 1, got {t.batch_size}")
     if t.num_epochs < 1:
         raise ValueError(f"config.train.num_epochs must be >= 1, got {t.num_epochs}")
     if t.eval_every_epochs < 1:
         raise ValueError(f"config.train.eval_every_epochs must be >= 1, got {t.eval_every_epochs}")
+    if float(t.get("time_budget_s", 0) or 0) < 0:
+        raise ValueError(f"config.train.time_budget_s must be >= 0 (0: no budget), got {t.time_budget_s}")
+
+
+def validate_config(config, data: InteractionData) -> None:
+    """Refuses settings that make no sense before any JAX work, naming the field."""
+    t, e = config.train, config.eval
+    check_train_fields(t)
     if not e.topk or min(e.topk) < 1:
         raise ValueError(f"config.eval.topk must be a non-empty list of K >= 1, got {e.topk}")
     if max(e.topk) > data.n_items:

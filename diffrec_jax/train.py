@@ -413,10 +413,14 @@ def _fit_closed_form(model, config, data: InteractionData, workdir: str) -> dict
     res = evaluate(model, state, dd, data.n_users, config.eval, k_eval)
     eval_s = time.perf_counter() - t0
     writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"))
-    rec = {"epoch": 1, "eval/time_s": eval_s, "train/fit_s": fit_s}
+    writer.truncate_after(0)
+    history = list(getattr(model, "history", None) or [])  # iterative "fits" (DiffKG) log epochs
+    for h in history:
+        writer.write({k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in h.items()})
+    last = int(history[-1].get("epoch", len(history))) if history else 1
+    rec = {"epoch": last, "eval/time_s": eval_s, "train/fit_s": fit_s}
     rec.update({f"valid/{k}": v for k, v in res["valid"].items()})
     rec.update({f"test/{k}": v for k, v in res["test"].items()})
-    writer.truncate_after(0)
     writer.write(rec)
     results = {
         "model": config.model.name,
@@ -424,8 +428,8 @@ def _fit_closed_form(model, config, data: InteractionData, workdir: str) -> dict
         "seed": seed,
         "test": res["test"],
         "valid": res["valid"],
-        "best_epoch": 1,
-        "epochs_run": 1,
+        "best_epoch": int(getattr(model, "best_epoch", 1) or 1),
+        "epochs_run": last,
         "params": models.count_params(params),
         "train_time_s": fit_s,
         "eval_time_s": eval_s,

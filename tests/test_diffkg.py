@@ -186,3 +186,8 @@ def test_end_to_end_through_trainer(tmp_path, np_rng):
     assert np.isfinite(res["test"]["recall@10"]) and 0 <= res["test"]["recall@10"] <= 1
     with open(tmp_path / "run" / "results.json") as f:
         assert json.load(f)["model"] == "diffkg"
+    # the per-epoch history is in metrics.jsonl, and results name the selected epoch
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in lines if "rec_loss" in r]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == res["epochs_run"]
+    assert 1 <= res["best_epoch"] <= res["epochs_run"]

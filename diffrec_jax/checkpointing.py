@@ -73,6 +73,12 @@ class Checkpointer:
                 atomicity_options=ocp.options.AtomicityOptions(
                     mode=ocp.options.AtomicityMode.ATOMIC_RENAME
                 ),
+                # several processes: synchronous saves, and each manager's barriers get their own
+                # names (a run has several managers saving the same step: checkpoints/, best/seed_<s>/)
+                enable_async_checkpointing=jax.process_count() == 1,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=hashlib.sha256(self.directory.encode()).hexdigest()[:16]
+                ),
             ),
             item_names=("state", "meta"),
         )

@@ -211,6 +211,11 @@ def make_mesh(num_devices: int = 0):
         raise ValueError(
             f"config.train.num_devices={num_devices} but {len(devices)} devices are visible"
         )
+    if jax.process_count() > 1 and n != len(devices):
+        raise ValueError(
+            f"config.train.num_devices={num_devices}: with {jax.process_count()} processes the mesh "
+            f"must span all {len(devices)} devices of every process (use 0)"
+        )
     return jax.sharding.Mesh(np.asarray(devices[:n]), ("data",))
 
 
@@ -222,6 +227,27 @@ def _shardings(mesh, replicas: bool):
     rep = jax.sharding.NamedSharding(mesh, P())
     batch = jax.sharding.NamedSharding(mesh, P(None, "data") if replicas else P("data"))
     return rep, batch
+
+
+def to_global(x, sharding):
+    """``x`` as an array of ``sharding`` when several processes (hosts) share the mesh.
+
+    With one process this is the identity (jit places host arrays itself). With several, every
+    process holds the same host value (data order and keys are functions of the seed), and the
+    global array is assembled from each process's addressable shards
+    (``jax.make_array_from_callback``); PRNG key arrays keep their key type.
+    """
+    if sharding is None or jax.process_count() == 1:
+        return x
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        return jax.random.wrap_key_data(to_global(jax.random.key_data(x), sharding), impl=impl)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _globalize(tree, sharding):
+    return jax.tree.map(lambda a: to_global(a, sharding), tree)
 
 
 def make_eval_step(model, ks, *, replicas: bool = False, mesh=None):
@@ -268,14 +294,16 @@ def evaluate(model, state: TrainState, dd: DeviceData, n_users: int, ecfg, key, 
     eval_step = _cached_eval_step(model, ks, replicas is not None, mesh)
     n_dev = 1 if mesh is None else mesh.devices.size
     idx, mask = padded_batches(np.arange(n_users), min(ecfg.batch_size, n_users), n_dev)
+    rep, batch = _shardings(mesh, False)
+    key = to_global(key, rep)
     acc = None
     for b in range(idx.shape[0]):
         out = eval_step(
             state.params,
             state.model_state,
             (dd.x_train, dd.truth_valid, dd.truth_test),
-            idx[b],
-            mask[b],
+            to_global(idx[b], batch),
+            to_global(mask[b], batch),
             key,
         )
         acc = out if acc is None else jax.tree.map(jnp.add, acc, out)
@@ -357,17 +385,21 @@ def write_atomic(path: str, text: str) -> None:
 
 
 class MetricWriter:
-    """Appends JSON lines to ``metrics.jsonl`` (plot with any JSON-lines reader)."""
+    """Appends JSON lines to ``metrics.jsonl`` (plot with any JSON-lines reader).
+
+    With several processes (hosts) only process 0 writes; the others' calls do nothing.
+    """
 
     def __init__(self, path: str):
         self.path = path
+        self.enabled = jax.process_index() == 0
 
     def truncate_after(self, epoch: int) -> None:
         """Drops records of epochs after ``epoch`` (written before an interruption).
 
         A line cut short by a kill is dropped too; the file is replaced atomically.
         """
-        if not os.path.exists(self.path):
+        if not self.enabled or not os.path.exists(self.path):
             return
         keep = []
         with open(self.path) as f:
@@ -382,6 +414,8 @@ class MetricWriter:
 
     def write(self, record: dict) -> None:
         """Appends one JSON record (one line)."""
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -524,9 +558,17 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
     writer.truncate_after(meta["epoch"])
     reps = meta["replicas"]
 
-    dd = DeviceData.from_data(data)
+    rep, batch_sh = _shardings(mesh, True)
+    state = _globalize(state, rep)  # identity on one process
+    dd0 = DeviceData.from_data(data)
+    dd = DeviceData(*_globalize((dd0.x_train, dd0.truth_valid, dd0.truth_test), rep))
     train_step = make_train_step(model, tx, replicas=True, mesh=mesh)
-    fold = jax.jit(jax.vmap(jax.random.fold_in))
+    fold_local = jax.jit(jax.vmap(jax.random.fold_in))
+    if jax.process_count() == 1:
+        fold = fold_local
+    else:  # keys from the host copy of the step counter, then assembled like the batches
+        def fold(k, step):
+            return to_global(fold_local(k, np.asarray(step)), rep)
     U, bs = data.n_users, min(t_cfg.batch_size, data.n_users)
     steps_per_epoch = math.ceil(U / bs)
     digits = e_cfg.get("select_digits", 4)
@@ -551,7 +593,8 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
             t0 = time.perf_counter()
             losses = []
             for b in range(idx.shape[0]):
-                state, loss = train_step(state, dd.x_train, idx[b], mask[b], fold(k_train, state.step))
+                state, loss = train_step(state, dd.x_train, to_global(idx[b], batch_sh),
+                                         to_global(mask[b], batch_sh), fold(k_train, state.step))
                 losses.append(loss)
                 if b > 0:  # fetch one step late: keep the device busy
                     bar.set_postfix(epoch=epoch, loss=f"{float(losses[-2].mean()):.4g}", refresh=False)

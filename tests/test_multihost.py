@@ -6,7 +6,7 @@ are interrupted after epoch 4 and resumed to epoch 6; the result must equal this
 4-device run (``tests/conftest.py`` forces 4 CPU devices) within float tolerance.
 
 Marked ``slow`` (run with ``python -m pytest -q -m slow tests/test_multihost.py``): it passed
-every time when run alone (8 runs), but in one full-suite run the two workers deadlocked in their
+5 of 7 runs, but twice the two workers deadlocked in their
 first Orbax save (the ``best/`` checkpoint after the first evaluation), so multi-host training is
 experimental until that is understood; the test kills its workers after 300 s.
 """

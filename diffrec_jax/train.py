@@ -176,12 +176,13 @@ class DeviceData:
     truth_test: jnp.ndarray
 
     @classmethod
-    def from_data(cls, data: InteractionData) -> "DeviceData":
-        """Densifies train (with its values), valid and test (binary) to ``[U, I]`` device arrays."""
+    def from_data(cls, data: InteractionData, sharding=None) -> "DeviceData":
+        """Densifies train (with its values), valid and test (binary) to ``[U, I]`` device arrays
+        (global arrays of ``sharding`` when several processes share the mesh, see :func:`to_global`)."""
         return cls(
-            jnp.asarray(data.train.to_dense()),
-            jnp.asarray(data.valid.binary().to_dense()),
-            jnp.asarray(data.test.binary().to_dense()),
+            to_global(jnp.asarray(data.train.to_dense()), sharding),
+            to_global(jnp.asarray(data.valid.binary().to_dense()), sharding),
+            to_global(jnp.asarray(data.test.binary().to_dense()), sharding),
         )
 
 
@@ -244,10 +245,6 @@ def to_global(x, sharding):
         return jax.random.wrap_key_data(to_global(jax.random.key_data(x), sharding), impl=impl)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def _globalize(tree, sharding):
-    return jax.tree.map(lambda a: to_global(a, sharding), tree)
 
 
 def make_eval_step(model, ks, *, replicas: bool = False, mesh=None):
@@ -481,7 +478,8 @@ def replica_seeds(config) -> list[int]:
     return [int(config.seed) + i for i in range(k)]
 
 
-def _mean_std(dicts: list[dict]) -> tuple[dict, dict]:
+def mean_std(dicts: list[dict]) -> tuple[dict, dict]:
+    """Per-key mean and sample std (ddof 1; 0 for one dict) over metric dicts with the same keys."""
     keys = dicts[0].keys()
     arr = {k: np.array([d[k] for d in dicts], np.float64) for k in keys}
     std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in arr.items()}
@@ -559,9 +557,8 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
     reps = meta["replicas"]
 
     rep, batch_sh = _shardings(mesh, True)
-    state = _globalize(state, rep)  # identity on one process
-    dd0 = DeviceData.from_data(data)
-    dd = DeviceData(*_globalize((dd0.x_train, dd0.truth_valid, dd0.truth_test), rep))
+    state = jax.tree.map(lambda a: to_global(a, rep), state)  # identity on one process
+    dd = DeviceData.from_data(data, rep)
     train_step = make_train_step(model, tx, replicas=True, mesh=mesh)
     fold_local = jax.jit(jax.vmap(jax.random.fold_in))
     if jax.process_count() == 1:
@@ -679,8 +676,8 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
         results = {"seed": seeds[0], "test": r["best"]["test"], "valid": r["best"]["valid"],
                    "best_epoch": r["best_epoch"], **common}
     else:
-        test_m, test_s = _mean_std([r["best"]["test"] for r in reps])
-        valid_m, valid_s = _mean_std([r["best"]["valid"] for r in reps])
+        test_m, test_s = mean_std([r["best"]["test"] for r in reps])
+        valid_m, valid_s = mean_std([r["best"]["valid"] for r in reps])
         results = {
             "seeds": seeds,
             "test": test_m,

@@ -472,11 +472,16 @@ def bench_model(cfg, data, *, train_steps: int = 0, repeats: int = 3, eval_repea
     return row
 
 
+def quick_data() -> tuple[Any, str]:
+    """The tiny synthetic dataset of ``--quick`` runs, with its note."""
+    return (make_synthetic(600, 400, mean_items_per_user=30, seed=0, name="synthetic_quick"),
+            "quick: synthetic 600 users x 400 items")
+
+
 def part_models(data_dir: str, quick: bool, names: Sequence[str] | None, seed: int) -> dict:
     """Part 1 over every model config; failures become rows with the reason."""
     if quick:
-        data = make_synthetic(600, 400, mean_items_per_user=30, seed=0, name="synthetic_quick")
-        note = "quick: synthetic 600 users x 400 items"
+        data, note = quick_data()
         kw = dict(train_steps=2, repeats=1, eval_repeats=1)
     else:
         data, note = load_ml1m(data_dir)
@@ -1032,11 +1037,9 @@ def part_topk(quick: bool, seed: int) -> dict:
 def part_seeds(data_dir: str, quick: bool, ks: Sequence[int], seed: int) -> dict:
     """Part 5: one vmapped program of K seeds against K separate runs (DiffRec)."""
     from configs import diffrec_ml1m, test as test_config
-    from diffrec_jax import train
 
     if quick:
-        data, note = make_synthetic(600, 400, mean_items_per_user=30, seed=0, name="synthetic_quick"), \
-            "quick: synthetic 600 users x 400 items"
+        data, note = quick_data()
         base = test_config.get_config()
         epochs = 3
     else:
@@ -1045,12 +1048,10 @@ def part_seeds(data_dir: str, quick: bool, ks: Sequence[int], seed: int) -> dict
         epochs = 4
     rows = []
     for k in ks:
-        cfg = base.copy_and_resolve_references()
-        with cfg.unlocked():
-            cfg.seed, cfg.num_seeds = seed + 1, int(k)
-            cfg.train.num_epochs, cfg.train.eval_every_epochs = epochs, epochs
-            cfg.train.patience_epochs = 10 * epochs
-            cfg.train.num_devices = 1
+        cfg = train.override(base, {
+            "seed": seed + 1, "num_seeds": int(k), "train.num_epochs": epochs,
+            "train.eval_every_epochs": epochs, "train.patience_epochs": 10 * epochs, "train.num_devices": 1,
+        })
         with tempfile.TemporaryDirectory() as wd:
             t0 = time.perf_counter()
             train.train_and_evaluate(cfg, wd, data=data)

@@ -93,12 +93,7 @@ def run_trial(cfg, workdir: str, num_seeds: int) -> dict:
     if cfg.get("task", "interactions") == "interactions":
         with cfg.unlocked():
             cfg.num_seeds = num_seeds
-        res = train.run(cfg, workdir)
-        if num_seeds == 1:  # same keys as the vmapped case
-            res = {**res, "test_std": {k: 0.0 for k in res["test"]}, "valid_std": {k: 0.0 for k in res["valid"]},
-                   "per_seed": [{"seed": res["seed"], "test": res["test"], "valid": res["valid"],
-                                 "best_epoch": res["best_epoch"]}]}
-        return res
+        return train.run(cfg, workdir)  # one seed: no *_std keys (the summary reads them as 0)
     runs = []
     for s in range(num_seeds):
         c = apply(cfg, {"seed": int(cfg.seed) + s})
@@ -106,10 +101,7 @@ def run_trial(cfg, workdir: str, num_seeds: int) -> dict:
     out = {"per_seed": [{"seed": int(cfg.seed) + s, "test": r["test"], "valid": r["valid"],
                          "best_epoch": r["best_epoch"]} for s, r in enumerate(runs)]}
     for split in ("test", "valid"):
-        keys = runs[0][split].keys()
-        vals = {k: np.array([r[split][k] for r in runs]) for k in keys}
-        out[split] = {k: float(v.mean()) for k, v in vals.items()}
-        out[f"{split}_std"] = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in vals.items()}
+        out[split], out[f"{split}_std"] = train.mean_std([r[split] for r in runs])
     out["train_time_s"] = float(sum(r["train_time_s"] for r in runs))
     out["eval_time_s"] = float(sum(r["eval_time_s"] for r in runs))
     with open(path, "w") as f:

@@ -246,3 +246,27 @@ def test_denoiser_shapes_and_loss_finite():
     bad = ml_collections.ConfigDict({"model": {"kernel": "gaussian"}})
     with pytest.raises(ValueError, match="config.model.kernel"):
         D.DCDR.validate_config(bad)
+
+
+def test_swap_search_neighbours_and_monotone_under_exact_utility():
+    from diffrec_jax import rerank_train as RT
+
+    w = _tiny_world()
+    s = w.test.take(np.arange(20))
+    nb = np.asarray(RT.swap_neighbours(jnp.asarray(s.init)))
+    assert nb.shape == (20, 1 + w.n * (w.n - 1) // 2, w.n)
+    np.testing.assert_array_equal(nb[:, 0], s.init)
+    assert all(len({tuple(r) for r in nb[q]}) == nb.shape[1] for q in range(20))  # all distinct
+    assert np.all(np.sort(nb, -1) == np.arange(w.n))  # valid permutations
+    assert np.all((nb[:, 1:] != s.init[:, None]).sum(-1) == 2)  # exactly one swap each
+
+    def exact(c):
+        return jnp.asarray(RS.expected_clicks(w, s.user, s.cands, np.asarray(c)))
+
+    u0 = RS.expected_clicks(w, s.user, s.cands, s.init)
+    one = np.asarray(RT.swap_search(exact, jnp.asarray(s.init), 1))
+    two = np.asarray(RT.swap_search(exact, jnp.asarray(s.init), 2))
+    u1 = RS.expected_clicks(w, s.user, s.cands, one)
+    u2 = RS.expected_clicks(w, s.user, s.cands, two)
+    assert np.all(u1 >= u0 - 1e-12) and np.all(u2 >= u1 - 1e-12)
+    np.testing.assert_allclose(u1, RS.expected_clicks(w, s.user, s.cands, nb).max(1))

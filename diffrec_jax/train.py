@@ -230,6 +230,15 @@ def _shardings(mesh, replicas: bool):
     return rep, batch
 
 
+# Multi-process rule (several processes, CPU collectives): never launch a multi-device program
+# while one with collectives is still running. XLA:CPU runs each process's share of a collective
+# on its client thread pool, sized max(cores, local devices) ("enough threads for one collective"),
+# and the same pool runs the launch tasks of every newly dispatched multi-device program, which
+# can block there. On a 2-core host with 2 devices per process, a launch task queued behind a
+# running eval step took the thread the other local device's half of that step's all-gather
+# needed, and both processes waited in gloo forever (the "first Orbax save" deadlock: the first
+# evaluation just before it). So the distributed paths wait for each collective step before
+# dispatching the next program (the train loop already does: ``fold`` reads ``state.step``).
 def to_global(x, sharding):
     """``x`` as an array of ``sharding`` when several processes (hosts) share the mesh.
 
@@ -293,6 +302,7 @@ def evaluate(model, state: TrainState, dd: DeviceData, n_users: int, ecfg, key, 
     idx, mask = padded_batches(np.arange(n_users), min(ecfg.batch_size, n_users), n_dev)
     rep, batch = _shardings(mesh, False)
     key = to_global(key, rep)
+    serial = mesh is not None and jax.process_count() > 1  # see the note above to_global
     acc = None
     for b in range(idx.shape[0]):
         out = eval_step(
@@ -303,7 +313,9 @@ def evaluate(model, state: TrainState, dd: DeviceData, n_users: int, ecfg, key, 
             to_global(mask[b], batch),
             key,
         )
-        acc = out if acc is None else jax.tree.map(jnp.add, acc, out)
+        if serial:  # wait for this step's collectives; sum on the host (same float32 adds)
+            out = jax.device_get(out)
+        acc = out if acc is None else jax.tree.map(np.add if serial else jnp.add, acc, out)
     acc_v, acc_t = jax.device_get(acc)
 
     def fin(k=None):
@@ -593,8 +605,9 @@ def train_and_evaluate(config, workdir: str, *, data: InteractionData | None = N
                 state, loss = train_step(state, dd.x_train, to_global(idx[b], batch_sh),
                                          to_global(mask[b], batch_sh), fold(k_train, state.step))
                 losses.append(loss)
-                if b > 0:  # fetch one step late: keep the device busy
-                    bar.set_postfix(epoch=epoch, loss=f"{float(losses[-2].mean()):.4g}", refresh=False)
+                if b > 0:  # fetch one step late: keep the device busy (host mean: no new program)
+                    bar.set_postfix(epoch=epoch, loss=f"{np.mean(jax.device_get(losses[-2])):.4g}",
+                                    refresh=False)
                 bar.update(1)
             losses = np.asarray(jax.device_get(losses))  # [nb, K]
             dt = time.perf_counter() - t0

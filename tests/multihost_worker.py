@@ -6,12 +6,15 @@ Each process gets 2 fake CPU devices; the processes form one mesh through
 ``jax.distributed.initialize`` (gloo collectives on CPU).
 """
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 
 if __name__ == "__main__":
     pid, nproc, port, workdir, epochs = sys.argv[1:6]
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps stacks on a hang
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax

@@ -5,17 +5,22 @@ Two OS processes, each with 2 fake CPU devices, form one 4-device mesh through
 are interrupted after epoch 4 and resumed to epoch 6; the result must equal this process's
 4-device run (``tests/conftest.py`` forces 4 CPU devices) within float tolerance.
 
-Marked ``slow`` (run with ``python -m pytest -q -m slow tests/test_multihost.py``): it passed
-5 of 7 runs, but twice the two workers deadlocked in their
-first Orbax save (the ``best/`` checkpoint after the first evaluation), so multi-host training is
-experimental until that is understood; the test kills its workers after 300 s.
+It used to deadlock in about 1 run in 6 (in the first evaluation, just before the first Orbax
+save): XLA:CPU's thread pool was starved by a program launched while an eval step's all-gather
+was still running; the distributed paths of ``diffrec_jax/train.py`` now wait for each collective
+step first (see the note above ``train.to_global``). Marked ``slow`` for its runtime (about two
+minutes on 2 cores: three training runs). If a worker still hangs, the test makes both dump their
+Python stacks (``SIGUSR1``, see ``tests/multihost_worker.py``) before killing them after 300 s,
+and fails with that output.
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -35,25 +40,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two_processes(workdir: Path, epochs: int) -> list[dict]:
+def _run_two_processes(workdir: Path, epochs: int, timeout: float = 300) -> list[dict]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     cmd = [sys.executable, str(ROOT / "tests" / "multihost_worker.py")]
     procs = [subprocess.Popen(cmd + [str(i), "2", str(port), str(workdir), str(epochs)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    outs = []
+    texts: list[str] = []
     try:
+        deadline = time.monotonic() + timeout
         for p in procs:
-            out, _ = p.communicate(timeout=300)
-            assert p.returncode == 0, out[-3000:]
-            line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
-            outs.append(json.loads(line[len("RESULT "):]))
+            try:
+                texts.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+            except subprocess.TimeoutExpired:  # a hang: get the running workers' stacks first
+                running = procs[len(texts):]
+                for q in running:
+                    if q.poll() is None:
+                        q.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+                for q in running:
+                    q.kill()
+                    texts.append(q.communicate()[0] or "")
+                dumps = [f"--- worker {j} ---\n{t[-6000:]}" for j, t in enumerate(texts)]
+                pytest.fail(f"workers still running after {timeout:.0f} s:\n" + "\n".join(dumps))
     finally:  # never leave a worker waiting on a barrier
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    outs = []
+    for p, out in zip(procs, texts):
+        assert p.returncode == 0, out[-3000:]
+        line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
+        outs.append(json.loads(line[len("RESULT "):]))
     return outs
 
 

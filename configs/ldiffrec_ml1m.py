@@ -1,6 +1,8 @@
 """L-DiffRec on ML-1M clean with the reference's best hyperparameters (spec section 10).
 
     python experiments/main.py --config=configs/ldiffrec_ml1m.py --workdir=runs/ldiffrec_ml1m
+    python experiments/main.py --config=configs/ldiffrec_ml1m.py:tuned --config.num_seeds=3 \
+        --workdir=runs/ldiffrec_ml1m_tuned
 
 Row ml-1m_clean of ``L-DiffRec/inference.py``: n_cate 2 (k-means on the dataset's
 ``item_emb.npy``), in_dims [300], out_dims [] (one shared Linear decoder), mlp_dims [300],
@@ -31,6 +33,36 @@ lr2 5e-4, noise_scale 0.005: with ``--config.model.in_dims='(280,)' --config.dif
 --config.train.patience_epochs=50 --config.num_seeds=3`` it reaches test Recall@20 0.1671 ± 0.0026,
 NDCG@20 0.1057 ± 0.0017 (1,761,476 parameters, 48.6 % of DiffRec's): 95.8 % of the comparison's
 DiffRec (0.1744 ± 0.0011).
+
+``configs/ldiffrec_ml1m.py:tuned`` is the same model with the hyperparameters a second search
+selected on validation Recall@20 (seed 1, one run per trial; test columns for reading only). Every
+trial overrides ``in_dims=(280,)``, ``diffusion.steps=100``, ``train.patience_epochs=50`` (row 1 is
+the search above); trials marked "stopped" were cut short once clearly behind, so their row is the
+best evaluation up to that epoch:
+
+==============================================================  =========  =====  ==========  =========  =========
+trial (overrides on top of the three above)                     params     best   valid R@20  test R@20  test N@20
+==============================================================  =========  =====  ==========  =========  =========
+(none)                                                          1,761,476  145    0.1120      0.1699     0.1077
+``ae_dropout=0.5, recon_target=clean`` (stopped at 95)          1,761,476  75     0.1072      0.1569     0.1013
+``lamda=0.01`` (stopped at 85)                                  1,761,476  85     0.1054      0.1508     0.1011
+``lamda=0.06``                                                  1,761,476  180    0.1135      0.1702     0.1079
+``lamda=0.12`` (stopped at 110)                                 1,761,476  95     0.1105      0.1699     0.1071
+``lamda=0.06, in_dims=(600,200)``                               1,668,332  200    0.1140      0.1744     0.1105
+``lamda=0.06, n_cate=1, in_dims=(190,)``                        1,722,490  95     0.1106      0.1687     0.1065
+``lamda=0.06, vae_anneal_cap=0.1`` (**selected**: ``tuned``)    1,761,476  95     **0.1163**  0.1789     0.1116
+``lamda=0.06, vae_anneal_cap=0.05``                             1,761,476  95     0.1163      0.1794     0.1118
+``lamda=0.06, vae_anneal_cap=0.1, in_dims=(600,200)``           1,668,332  75     0.1140      0.1784     0.1125
+==============================================================  =========  =====  ==========  =========  =========
+
+(0.1163 vs 0.1163 is 0.11630 vs 0.11628 unrounded.) The KL cap is the field that matters most: the
+reference's 0.3 over-regularises the 280-wide latent. Confirmed with
+``--config=configs/ldiffrec_ml1m.py:tuned --config.num_seeds=3`` (seeds 1-3, one k-means
+clustering from ``kmeans_seed=1``, clusters 1227/1583): test Recall@20 0.1766 ± 0.0024,
+NDCG@20 0.1102 ± 0.0013, Recall@10 0.1004 ± 0.0019, NDCG@10 0.0842 ± 0.0016 (valid Recall@20
+0.1146 ± 0.0016; best epochs 95/105/105; per seed test R@20 0.1790 / 0.1765 / 0.1743; 1,761,476
+parameters, 48.6 % of DiffRec's; 14 min on one CPU core). That is 101 % of the comparison's DiffRec
+(0.1744 ± 0.0011), above the 97 % target (0.1692).
 
 ``add_ldiffrec_fields(c)`` adds every L-DiffRec field (with the reference defaults) to any config;
 ``configs/ltdiffrec_ml1m.py`` and the tests use it.
@@ -69,7 +101,9 @@ def add_ldiffrec_fields(c):
     return c
 
 
-def get_config():
+def get_config(variant: str = "reference"):
+    if variant not in ("reference", "tuned"):
+        raise ValueError(f"variant must be 'reference' or 'tuned', got {variant!r}")
     c = add_ldiffrec_fields(default.get_config())
     c.data.source = "diffrec_npy"
     c.data.dir = "../shared/data/diffrec/ml-1m_clean"
@@ -95,4 +129,11 @@ def get_config():
     c.train.num_epochs = 1000
     c.train.eval_every_epochs = 5
     c.train.patience_epochs = 20
+    if variant == "tuned":  # selected on validation Recall@20 (seed 1), see the docstring
+        c.model.in_dims = (280,)  # 48.6 % of DiffRec's parameters
+        c.model.lamda = 0.06
+        c.model.vae_anneal_cap = 0.1
+        c.model.kmeans_seed = 1  # the clustering (and the parameter count) does not follow c.seed
+        c.diffusion.steps = 100
+        c.train.patience_epochs = 50
     return c

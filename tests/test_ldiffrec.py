@@ -230,6 +230,39 @@ def test_param_count_is_encoders_decoder_denoiser(tiny):
     assert models.count_params(params) == enc + dec + den
 
 
+def test_gradient_paths_match_the_reference(tiny):
+    """z is not detached (the diffusion loss reaches the encoders) and the decoder reads the
+    denoiser's x0 prediction (the reconstruction loss reaches the denoiser), spec section 8."""
+    _, _, model, params, state, x = tiny
+
+    def term(name):
+        def f(p):
+            return model.loss(p, state, x, jnp.ones(8, bool), jax.random.key(7))[1][1][name]
+
+        return jax.jit(jax.grad(f))(params)
+
+    norm = lambda tree: float(sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(tree)))  # noqa: E731
+    g_elbo = term("elbo")
+    assert norm(g_elbo["ae"]["encoders"]) > 0.0  # z not detached
+    assert norm(g_elbo["ae"]["decoder"]) == 0.0  # the diffusion loss does not see the decoder
+    g_rec = term("recon")
+    assert norm(g_rec["denoiser"]) > 0.0  # decode(x0_hat), not decode(z)
+    assert norm(g_rec["ae"]["encoders"]) > 0.0
+
+
+def test_reconstruction_target_is_the_dropped_out_input(tiny):
+    _, _, model, params, _, x = tiny
+    ae, _ = model._modules(params)
+    xc = model.to_cluster_order(x)
+    x_drop, _, _, _ = ae.encode(xc, dropout_key=jax.random.key(3))
+    kept = x_drop != 0
+    np.testing.assert_allclose(x_drop[kept], xc[kept] / (1.0 - model.ae_dropout), rtol=1e-6)
+    assert int(jnp.sum((xc != 0) & ~kept)) > 0  # some interactions were dropped
+    x_eval, z, mu, _ = ae.encode(xc)  # evaluation: no dropout, z = mu
+    np.testing.assert_array_equal(x_eval, xc)
+    np.testing.assert_array_equal(z, mu)
+
+
 def test_anneal_schedules():
     np.testing.assert_allclose(
         [float(L.vae_anneal(s, 200, 0.3)) for s in (0, 30, 60, 200, 999)],

@@ -198,3 +198,18 @@ def test_real_beauty_counts():
     d = load_diffurec_npz(BEAUTY)
     assert (len(d.train), len(d.valid), len(d.test), d.n_items) == (131413, 22363, 22363, 12101)
     assert d.valid.lengths.min() >= 1 and d.test.seq[:, -1].min() >= 1
+
+
+def test_train_items_and_cold_target_fraction():
+    from diffrec_jax.data.sequences import SeqSplit, SequenceData
+
+    pad = 5  # items 0..4, pad id 5 (right padding)
+    tr = SeqSplit(seq=np.array([[0, 1, pad], [1, pad, pad]], np.int32), lengths=np.array([2, 1], np.int32),
+                  targets=np.array([2, 0], np.int32))
+    va = SeqSplit(seq=np.array([[0, pad, pad]] * 4, np.int32), lengths=np.ones(4, np.int32),
+                  targets=np.array([3, 1, 4, 3], np.int32))
+    te = SeqSplit(seq=np.array([[2, pad, pad]], np.int32), lengths=np.ones(1, np.int32),
+                  targets=np.array([2], np.int32))
+    d = SequenceData("toy", tr, va, te, n_items=5, pad_id=pad, pad_side="right", max_len=3)
+    np.testing.assert_array_equal(d.train_items(), [True, True, True, False, False, False])
+    assert d.cold_target_fraction() == {"train": 0.0, "valid": 0.75, "test": 0.0}

@@ -128,6 +128,26 @@ class SequenceData:
         """bool ``[N, L]``: True on real items of split ``which``."""
         return self.split(which).seq != self.pad_id
 
+    def train_items(self) -> np.ndarray:
+        """bool ``[num_embeddings]``: the ids that occur anywhere in the train split (as a target
+        or in a history; the padding id is False)."""
+        seen = np.zeros(self.num_embeddings, bool)
+        tr = self.train
+        seen[tr.targets] = True
+        seen[tr.seq[tr.seq != self.pad_id]] = True
+        seen[self.pad_id] = False
+        return seen
+
+    def cold_target_fraction(self) -> dict:
+        """Per split, the fraction of rows whose target never occurs in the train split.
+
+        A model cannot learn those items' embeddings from the training data: they keep their
+        initial values, which matters for dot-product rankers (see the README's DreamRec notes).
+        """
+        seen = self.train_items()
+        return {s: float(np.mean(~seen[self.split(s).targets])) if len(self.split(s)) else 0.0
+                for s in _SPLITS}
+
     def summary(self) -> dict:
         return {
             "name": self.name,

@@ -33,10 +33,13 @@ from ml_collections import config_flags  # noqa: E402
 from diffrec_jax import seq_train as S  # noqa: E402
 from diffrec_jax.checkpointing import Checkpointer  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained run directory (holds best/).")
-_ROWS = flags.DEFINE_integer("rows", 5000, "Test rows scored (from the first).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags():
+    """Flags exist only when this file runs as a script, so tests can import it beside others."""
+    config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "A trained run directory (holds best/).")
+    flags.DEFINE_integer("rows", 5000, "Test rows scored (from the first).")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _metrics(rank: np.ndarray) -> dict:
@@ -63,7 +66,9 @@ def analyse(config, workdir: str, rows: int) -> dict:
     if net is not None and hasattr(net(params), "item_emb"):
         norms = np.linalg.norm(np.asarray(net(params).item_emb[...]), axis=1)
         items = np.arange(data.num_embeddings) != data.pad_id
-        out["median_norm"] = {"warm": float(np.median(norms[warm])), "cold": float(np.median(norms[~warm & items]))}
+        cold = ~warm & items
+        out["median_norm"] = {"warm": float(np.median(norms[warm])),
+                               "cold": float(np.median(norms[cold])) if cold.any() else None}
     arrays = S.split_arrays(data.test)
     n = min(rows, len(data.test))
     score = jax.jit(lambda p, b, k: model.score(p, model_state, b, k))
@@ -90,11 +95,13 @@ def analyse(config, workdir: str, rows: int) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    res = analyse(_CONFIG.value, _WORKDIR.value, _ROWS.value)
+    cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    res = analyse(cfg, workdir, flags.FLAGS.rows)
     print(json.dumps(res, indent=1))
-    with open(os.path.join(_WORKDIR.value, "cold_items.json"), "w") as f:
+    with open(os.path.join(workdir, "cold_items.json"), "w") as f:
         json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

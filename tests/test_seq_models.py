@@ -219,3 +219,25 @@ def test_epoch_batches_are_seeded_and_buckets_cover_every_row_once():
     rows = np.concatenate([ib[mb] for _, ib, mb in batches])
     np.testing.assert_array_equal(np.sort(rows), np.arange(len(lengths)))
     assert all(np.all(bucket[ib[mb]] == b) for b, ib, mb in batches)
+
+
+def test_cold_items_analysis_runs_on_a_trained_dreamrec(tmp_path):
+    import importlib.util
+
+    from configs import seq_test
+    from diffrec_jax import seq_train
+
+    c = seq_test.get_config("dreamrec")
+    c.train.num_epochs = 2
+    c.train.eval_every_epochs = 1
+    seq_train.train_and_evaluate(c, str(tmp_path))
+    spec = importlib.util.spec_from_file_location(
+        "cold_items", Path(__file__).resolve().parents[1] / "experiments" / "cold_items.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.analyse(c, str(tmp_path), rows=50)
+    assert set(res["cold_target_fraction"]) == {"train", "valid", "test"}
+    assert res["cold_target_fraction"]["train"] == 0.0
+    t = res["test"]
+    assert t["all"]["n"] == t["warm_target_rows"]["n"] + t["cold_target_rows"]["n"] == res["test_rows"]
+    assert 0.0 <= res["cold_share_of_top20"] <= 1.0 and res["median_norm"]["warm"] > 0

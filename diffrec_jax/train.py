@@ -50,6 +50,32 @@ class TrainState(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 
 
+def repeated_overrides(argv, flag: str = "config") -> list[str]:
+    """The ``--<flag>.<path>`` overrides that a command line gives more than once.
+
+    ml_collections' ``config_flags`` does not keep the last of repeated overrides of a tuple
+    field, it concatenates them (``--config.model.in_dims='(280,)' --config.model.in_dims='(600,
+    200)'`` gives ``(280, 600, 200)``), so launchers refuse repeats before absl parses the flags.
+    """
+    seen, dup = set(), []
+    prefix = f"--{flag}."
+    for a in argv:
+        if a.startswith(prefix):
+            key = a[len(prefix):].split("=", 1)[0]
+            if key in seen and key not in dup:
+                dup.append(key)
+            seen.add(key)
+    return dup
+
+
+def refuse_repeated_overrides(argv, flag: str = "config") -> None:
+    """Exits with a message naming the repeated overrides (see :func:`repeated_overrides`)."""
+    dup = repeated_overrides(argv, flag)
+    if dup:
+        raise SystemExit(f"error: {', '.join(f'--{flag}.{k}' for k in dup)} given more than once; give each "
+                         "override once (ml_collections would concatenate repeated tuple values)")
+
+
 def override(config, overrides: dict, *, allow_new: bool = False):
     """A copy of ``config`` with ``{"group.field": value, ...}`` set (the source is not changed).
 

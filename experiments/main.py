@@ -3,7 +3,8 @@
     python experiments/main.py --config=configs/diffrec_ml1m.py --workdir=runs/diffrec_ml1m \
         --config.data.dir=../shared/data/diffrec/ml-1m_clean --config.optim.lr=1e-3
 
-Any config field can be overridden with ``--config.<group>.<field>=value``. Re-running with the same
+Any config field can be overridden with ``--config.<group>.<field>=value`` (each at most once: ml_collections
+would concatenate repeated tuple values, so the launcher refuses repeats). Re-running with the same
 ``--workdir`` resumes from the latest checkpoint.
 
 Several hosts: run the same command on every host with ``--distributed`` (TPU pods and SLURM are
@@ -59,4 +60,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    train.refuse_repeated_overrides(sys.argv[1:])  # before absl parses (and concatenates) them
     app.run(main)

@@ -178,4 +178,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from diffrec_jax import train
+
+    train.refuse_repeated_overrides(sys.argv[1:])  # before absl parses (and concatenates) them
     app.run(main)

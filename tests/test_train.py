@@ -149,3 +149,17 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
     lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if "valid/recall@10" in r] == [1]
     assert json.loads((tmp_path / "results.json").read_text())["test"] == res["test"]
+
+
+def test_repeated_overrides_are_found_and_the_launcher_refuses_them():
+    argv = ["--config=configs/test.py", "--config.model.dims=(8,)", "--workdir=/tmp/x",
+            "--config.model.dims=(16,)", "--config.seed=2", "--config.seed", "3"]
+    assert train.repeated_overrides(argv) == ["model.dims", "seed"]
+    assert train.repeated_overrides(["--config.a=1", "--config.b=1"]) == []
+    with pytest.raises(SystemExit, match="--config.model.dims, --config.seed given more than once"):
+        train.refuse_repeated_overrides(argv)
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "main.py"),
+                          f"--config={ROOT / 'configs' / 'test.py'}", "--workdir=/nonexistent/never",
+                          "--config.train.num_epochs=1", "--config.train.num_epochs=2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--config.train.num_epochs given more than once" in out.stderr

@@ -341,7 +341,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     timings["dcdr_infer_s"] = time.perf_counter() - t0
     util["dcdr"] = exact(gen["lists"])
     util["dcdr_generator_only"] = exact(gen["top"])
-    # evaluator-only reference: the evaluator choosing between the initial and point-wise lists
     # the evaluator alone: single-swap local search from the initial list (does the generator add anything?)
     ev_util = jax.jit(ev.utility)
 

@@ -658,6 +658,23 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
     return results
 
 
+def restore_best(config, data: SequenceData, workdir: str, step: int | None = None):
+    """``(model, params, model_state, step)`` with the parameters kept in ``workdir/best`` (its
+    latest step unless ``step`` is given) for a model built from ``config`` and ``data``."""
+    validate_config(config, data)
+    model = get_model(config, data)
+    _, params, model_state = model.init(jax.random.key(0))
+    ck = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+    try:
+        step = ck.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'best')}")
+        params, _ = ck.restore(step, jax.eval_shape(lambda: params))
+    finally:
+        ck.close()
+    return model, params, model_state, step
+
+
 def evaluate_checkpoint(config, workdir: str, *, splits=("valid", "test"), step: int | None = None,
                         data: SequenceData | None = None) -> dict:
     """Evaluates the parameters kept in ``workdir/best`` (or ``step`` there) under ``config``.
@@ -670,17 +687,7 @@ def evaluate_checkpoint(config, workdir: str, *, splits=("valid", "test"), step:
       ``{"epoch": ..., split: {"exact": {...}, "reference": {...}, "seconds": ...}}``.
     """
     data = load_seq_data(config.data) if data is None else data
-    validate_config(config, data)
-    model = get_model(config, data)
-    _, params, model_state = model.init(jax.random.key(0))
-    ck = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
-    try:
-        step = ck.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'best')}")
-        params, _ = ck.restore(step, jax.eval_shape(lambda: params))
-    finally:
-        ck.close()
+    model, params, model_state, step = restore_best(config, data, workdir, step)
     _, _, k_eval = jax.random.split(jax.random.key(int(config.seed)), 3)
     buckets = tuple(int(b) for b in (config.train.get("length_buckets") or ()))
     out: dict[str, Any] = {"epoch": step}

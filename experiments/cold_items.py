@@ -31,7 +31,6 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffrec_jax import seq_train as S  # noqa: E402
-from diffrec_jax.checkpointing import Checkpointer  # noqa: E402
 
 
 def _define_flags():
@@ -50,16 +49,7 @@ def _metrics(rank: np.ndarray) -> dict:
 
 def analyse(config, workdir: str, rows: int) -> dict:
     data = S.load_seq_data(config.data)
-    model = S.get_model(config, data)
-    _, params, model_state = model.init(jax.random.key(0))
-    ck = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
-    try:
-        step = ck.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'best')}")
-        params, _ = ck.restore(step, jax.eval_shape(lambda: params))
-    finally:
-        ck.close()
+    model, params, model_state, step = S.restore_best(config, data, workdir)
     warm = data.train_items()
     out = {"epoch": step, "cold_target_fraction": data.cold_target_fraction()}
     net = getattr(model, "net", None)
@@ -79,8 +69,7 @@ def analyse(config, workdir: str, rows: int) -> dict:
         keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(int(config.seed)), r))(idx)
         sc = np.array(score(params, batch, keys))
         sc[:, data.pad_id] = -np.inf
-        tgt = np.asarray(batch["target"])
-        ranks.append((sc > sc[np.arange(tgt.size), tgt][:, None]).sum(1))
+        ranks.append(np.asarray(S.target_rank(jnp.asarray(sc), batch["target"])))  # the evaluator's rank
         top = np.argpartition(-sc, 20, axis=1)[:, :20]
         cold_top.append((~warm[top]).mean(1))
     rank = np.concatenate(ranks)

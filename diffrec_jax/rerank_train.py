@@ -14,8 +14,11 @@
    best single-swap neighbour of the initial list, the ablation that shows what the generator
    adds); and the brute-force (exact DP) optimum when ``n <= 12`` (plus how often the evaluator
    prefers that optimum to the initial list);
-4. the conditioning check: generator-only utility with the condition ``c*`` = all positive,
-   = the request's observed responses, = all negative;
+4. the conditioning check: the generator's own list (best beam list, no evaluator pick) under
+   the conditions ``c*`` = all positive, = the request's observed responses, = all negative (the
+   spec's check) and = a click on each of the first ``infer.cond_top`` slots (``top_k``); and the
+   same check for the *ideal* generator, the exact Bayes posterior of this world
+   (:func:`diffrec_jax.data.rerank_synthetic.bayes_conditional`, first ``eval.ideal_requests``);
 5. paper-style AUC / NDCG@3 of the evaluator's and the point-wise model's click scores against
    the sampled clicks of the logged test lists;
 
@@ -220,38 +223,72 @@ def swap_search(utility_fn, lists: jnp.ndarray, rounds: int = 1) -> jnp.ndarray:
     return cur
 
 
+CONDITIONS = ("all_positive", "observed", "all_negative", "top_k")
+
+
+def condition_codes(kind: str, R: int, n: int, m: int, observed: jnp.ndarray | None = None,
+                    top: int = 3) -> jnp.ndarray:
+    """The response condition ``c*`` of ``R`` requests (a "condition setting" rule).
+
+    ``all_positive``: click + like on every exposed slot (the spec's check); ``all_negative``: no
+    click anywhere; ``observed``: the given codes (e.g. the logged list's responses);
+    ``top_k``: a click on each of the first ``top`` slots and none after ([design]: what the
+    exact Bayes posterior of this world rewards, see
+    :func:`diffrec_jax.data.rerank_synthetic.bayes_conditional`). Slots ``k >= m`` are unexposed.
+    """
+    if kind == "observed":
+        if observed is None:
+            raise ValueError("the observed condition needs the observed codes")
+        return jnp.asarray(observed, jnp.int32)
+    if kind == "all_positive":
+        c = jnp.full((R, n), RS.CLICK_LIKE, jnp.int32)
+    elif kind == "all_negative":
+        c = jnp.full((R, n), RS.NO_CLICK, jnp.int32)
+    elif kind == "top_k":
+        if not 1 <= top <= m:
+            raise ValueError(f"config.infer.cond_top must be in 1..{m} (exposed slots), got {top}")
+        c = jnp.full((R, n), RS.NO_CLICK, jnp.int32).at[:, :top].set(RS.CLICK)
+    else:
+        raise ValueError(f"config.infer.condition must be one of {CONDITIONS}, got {kind!r}")
+    return c.at[:, m:].set(RS.UNEXPOSED)
+
+
 def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None, eparams, arrays: dict,
-                       n: int, cond_kind: str, icfg) -> dict:
+                       n: int, cond_kind: str, icfg, pick: bool = True) -> dict:
     """Generates lists for the first ``n`` requests of ``arrays`` under a condition.
 
     Args:
       model, params: the trained DCDR.
-      evaluator, eparams: the trained evaluator (None: take the best-scored beam list).
+      evaluator, eparams: the trained evaluator (None: no evaluator guidance, no pick).
       arrays: split arrays.
       n: number of requests.
-      cond_kind: ``all_positive`` | ``observed`` | ``all_negative``.
-      icfg: ``config.infer`` (``t_start``, ``beam``, ``early_stop``, ``guidance``, ``batch_size``).
+      cond_kind: one of :data:`CONDITIONS`.
+      icfg: ``config.infer`` (``t_start``, ``beam``, ``early_stop``, ``guidance``,
+        ``eval_guidance``, ``cond_top``, ``batch_size``, ...).
+      pick: let the evaluator pick the final list by predicted utility (else the beam's best).
 
     Returns:
       ``{"lists": int32 [n, n_cand] chosen lists, "top": best-scored beam lists, "steps": [n]}``.
     """
     m, ncand = model.sizes.m, model.sizes.n
     bs = int(icfg.get("batch_size", 500))
+    lam = float(icfg.get("eval_guidance", 0.0))
     out = {"lists": [], "top": [], "steps": []}
-    util = None if evaluator is None else jax.jit(evaluator.utility)
+    util = None if (evaluator is None or not pick) else jax.jit(evaluator.utility)
     for s in range(0, n, bs):
         idx = jnp.arange(s, min(n, s + bs))
         ctx = _ctx(arrays, idx)
         R = int(idx.shape[0])
-        if cond_kind == "observed":
-            cond = arrays["codes"][idx]
-        else:
-            code = RS.CLICK_LIKE if cond_kind == "all_positive" else RS.NO_CLICK
-            cond = jnp.full((R, ncand), code, jnp.int32).at[:, m:].set(RS.UNEXPOSED)
+        cond = condition_codes(cond_kind, R, ncand, m, arrays["codes"][idx] if cond_kind == "observed" else None,
+                               int(icfg.get("cond_top", 3)))
+        guide = None
+        if evaluator is not None and lam > 0:
+            guide = D.evaluator_guide(evaluator, eparams, ctx, cond, lam)
         seqs, scores, steps = model.generate(
             params, ctx, arrays["init"][idx], cond, t_start=int(icfg.t_start), beam=int(icfg.beam),
             early_stop=bool(icfg.early_stop), guidance=float(icfg.get("guidance", 0.0)),
-            noise_start=bool(icfg.get("noise_start", False)), key=jax.random.fold_in(jax.random.key(int(icfg.get("seed", 0))), s))
+            noise_start=bool(icfg.get("noise_start", False)),
+            key=jax.random.fold_in(jax.random.key(int(icfg.get("seed", 0))), s), guide_fn=guide)
         top = seqs[:, 0]
         if util is not None:
             if icfg.get("keep_initial", True):  # the starting list competes too
@@ -280,8 +317,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     D.DCDR.validate_config(config)
+    icfg = config.infer
+    if icfg.get("condition", "all_positive") not in CONDITIONS:
+        raise ValueError(f"config.infer.condition must be one of {CONDITIONS}, got {icfg.condition!r}")
+    if float(icfg.get("eval_guidance", 0.0)) < 0:
+        raise ValueError(f"config.infer.eval_guidance must be >= 0, got {icfg.eval_guidance}")
     t_all = time.perf_counter()
     world = make_world(config.data)
+    condition_codes("top_k", 1, world.n, world.m, top=int(icfg.get("cond_top", 3)))  # refuses a bad cond_top now
     log.info("world: %s", world.summary())
     seed = int(config.seed)
     rank_feature = bool(config.get("init_rank_feature", True))
@@ -335,9 +378,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     util = {"initial": exact(te_split.init), "logged": exact(te_split.logged)}
     pw_lists = _batched(lambda i: pw.rerank(pp, _ctx(te, i)), te, n_te, 1000)
     util["pointwise"] = exact(pw_lists)
-    icfg = config.infer
     t0 = time.perf_counter()
-    gen = run_dcdr_inference(model, dp, ev, ep, te, n_te, "all_positive", icfg)
+    gen = run_dcdr_inference(model, dp, ev, ep, te, n_te, icfg.get("condition", "all_positive"), icfg)
     timings["dcdr_infer_s"] = time.perf_counter() - t0
     util["dcdr"] = exact(gen["lists"])
     util["dcdr_generator_only"] = exact(gen["top"])
@@ -350,10 +392,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return swap_search(fn, te["init"][i], int(icfg.get("search_rounds", 1)))
 
     util["evaluator_swap_search"] = exact(_batched(ev_search, te, n_te, 500))
-    cond_check = {"all_positive": float(util["dcdr_generator_only"].mean())}
-    for kind in ("observed", "all_negative"):
-        g = run_dcdr_inference(model, dp, None, None, te, n_te, kind, icfg)
-        cond_check[kind] = float(exact(g["top"]).mean())
+    # the conditioning check: the generator's own choice (best beam list, no evaluator pick; the
+    # evaluator still guides the beam when infer.eval_guidance > 0) under each condition
+    cond_check = {}
+    for kind in CONDITIONS:
+        if kind == icfg.get("condition", "all_positive"):
+            cond_check[kind] = float(util["dcdr_generator_only"].mean())
+        else:
+            g = run_dcdr_inference(model, dp, ev, ep, te, n_te, kind, icfg, pick=False)
+            cond_check[kind] = float(exact(g["top"]).mean())
+    # the same check for the ideal generator (exact Bayes posterior, true click model and log prior)
+    ideal = None
+    n_ideal = min(n_te, int(config.eval.get("ideal_requests", 500)))
+    if world.n <= 9 and n_ideal > 0:
+        t0 = time.perf_counter()
+        ws = tuple(float(w) for w in config.eval.get("ideal_guidance", (0.0, 10.0)))
+        sub = te_split.take(np.arange(n_ideal))
+        ideal = {"requests": n_ideal, "guidance": list(ws)}
+        for kind in CONDITIONS:
+            codes = np.asarray(condition_codes(kind, n_ideal, world.n, world.m, te["codes"][:n_ideal],
+                                               int(icfg.get("cond_top", 3))))
+            o = RS.bayes_conditional(world, sub, codes, float(config.data.swaps_mean), ws)
+            ideal[kind] = {f"w={w:g}": {"mode": float(o["map_utility"][i].mean()),
+                                        "posterior_mean": float(o["mean_utility"][i].mean()),
+                                        "kl_to_prior_nats": float(o["info_nats"][i].mean())}
+                           for i, w in enumerate(ws)}
+        ideal["initial"] = float(util["initial"][:n_ideal].mean())
+        timings["ideal_s"] = time.perf_counter() - t0
     opt = None
     if world.n <= 12:
         t0 = time.perf_counter()
@@ -385,6 +450,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "expected_clicks": mean_u,
         "conditioning": cond_check,
         "conditioning_holds": bool(cond_check["all_positive"] > cond_check["observed"] > cond_check["all_negative"]),
+        "conditioning_holds_top_k": bool(cond_check["top_k"] > cond_check["observed"] > cond_check["all_negative"]),
+        "conditioning_ideal": ideal,
         "paper_style_on_logged_test_lists": paper_style,
         "mean_reverse_steps": float(gen["steps"].mean()),
         "dcdr_train_loss": dl,

@@ -270,3 +270,159 @@ def test_swap_search_neighbours_and_monotone_under_exact_utility():
     u2 = RS.expected_clicks(w, s.user, s.cands, two)
     assert np.all(u1 >= u0 - 1e-12) and np.all(u2 >= u1 - 1e-12)
     np.testing.assert_allclose(u1, RS.expected_clicks(w, s.user, s.cands, nb).max(1))
+
+
+# -- the ideal conditional generator (exact Bayes posterior of the world) and evaluator guidance --
+
+
+def test_swap_prior_matches_the_worlds_swaps():
+    """The exact law of the logged list (Poisson(lam) uniform transpositions of the initial
+    list) equals the frequencies of the world's own swap sampler."""
+    n, lam, S = 4, 2.0, 60_000
+    prior = RS.swap_prior(n, lam)
+    perms = RS.all_permutations(n).astype(np.int64)
+    assert prior.shape == (24,) and abs(prior.sum() - 1) < 1e-12
+    assert prior[0] >= np.exp(-lam)  # identity: at least the K = 0 mass
+    rng = np.random.default_rng(0)
+    lists = RS._apply_random_swaps(rng, np.tile(np.arange(n), (S, 1)), rng.poisson(lam, size=S))
+    freq = np.bincount(RS._perm_rank(lists.astype(np.int64)), minlength=24) / S
+    np.testing.assert_allclose(freq, prior, atol=0.006)
+    np.testing.assert_array_equal(RS._perm_rank(perms), np.arange(24))
+
+
+def test_response_loglik_is_a_distribution_over_codes():
+    """sum over all response patterns of P(codes | list) = 1 (m = 3 exposed of n = 4)."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 4)) * 2
+    m = 3
+    pats = np.array(list(itertools.product([RS.NO_CLICK, RS.CLICK, RS.CLICK_LIKE], repeat=m)))
+    codes = np.concatenate([pats, np.full((len(pats), 1), RS.UNEXPOSED)], 1)  # [27, 4]
+    ll = RS.response_loglik(logits[:, None, :], codes[None], 1.5, m)  # [5, 27]
+    np.testing.assert_allclose(np.exp(ll).sum(1), 1.0, rtol=1e-12)
+
+
+def test_bayes_conditional_without_condition_is_the_prior():
+    w = _tiny_world(n=5, m=4)
+    s = w.test.take(np.arange(6))
+    none = np.full((6, w.n), RS.UNEXPOSED)
+    o = RS.bayes_conditional(w, s, none, 2.0, guidance=(0.0, 5.0))
+    np.testing.assert_array_equal(o["map_lists"][0], s.init)  # the prior's mode: no swap
+    np.testing.assert_allclose(o["info_nats"], 0.0, atol=1e-12)
+    perms = RS.all_permutations(w.n).astype(np.int64)
+    lists = np.take_along_axis(np.repeat(s.init[:, None], len(perms), 1).astype(np.int64),
+                               np.broadcast_to(perms[None], (6,) + perms.shape), 2)
+    util = RS.expected_clicks(w, s.user, s.cands, lists)
+    np.testing.assert_allclose(o["mean_utility"][0], util @ RS.swap_prior(w.n, 2.0), rtol=1e-10)
+    opt, _ = RS.brute_force_optimum(w, s)
+    assert np.all(o["map_utility"] <= opt[None] + 1e-12)
+    # a condition moves the law: the observed responses carry information about the list
+    obs = RS.response_codes(s.clicks, s.likes, w.m)
+    o2 = RS.bayes_conditional(w, s, obs, 2.0, guidance=(0.0, 5.0))
+    assert np.all(o2["info_nats"] > 0) and np.all(o2["info_nats"][1] > o2["info_nats"][0])
+    with pytest.raises(ValueError, match="codes must have shape"):
+        RS.bayes_conditional(w, s, obs[:, :3], 2.0)
+
+
+def test_evaluator_condition_loglik_is_a_distribution():
+    import ml_collections
+
+    w = _tiny_world(n=4, m=2)
+    c = ml_collections.ConfigDict({"evaluator": {"emb_dim": 8, "n_layers": 1, "n_heads": 2,
+                                                 "kind": "transformer"}})
+    ev = D.ListEvaluator(c, w)
+    _, p, _ = ev.init(jax.random.key(0))
+    p = jax.tree.map(lambda a: a * 5.0 if a.ndim else a, p)  # spread the logits
+    R = 3
+    ctx = D.Context(jnp.asarray(w.test.user[:R]), jnp.asarray(w.test.cands[:R]),
+                    jnp.asarray(w.history[w.test.user[:R]]))
+    lists = jnp.asarray(w.test.init[:R])
+    tot = 0.0
+    for pat in itertools.product([0, 1, 2], repeat=2):
+        cond = jnp.tile(jnp.array(list(pat) + [RS.UNEXPOSED] * 2, jnp.int32)[None], (R, 1))
+        tot = tot + np.exp(np.asarray(ev.condition_loglik(p, ctx, lists, cond), np.float64))
+    np.testing.assert_allclose(tot, 1.0, atol=1e-4)
+
+
+def test_guided_generation():
+    """guide_fn = 0 changes nothing; a guide that rewards one proposal makes it the answer."""
+    n, R = 5, 4
+    init = jnp.asarray(np.argsort(np.random.default_rng(4).random((R, n)), 1), jnp.int32)
+
+    def near_copy(x, t):  # prefers x_0 = x_t, but other permutations are proposals too
+        return 3.0 * jax.nn.one_hot(x, n)
+
+    kw = dict(kernel="perm_swap", sched=SCHED, t_start=4, beam=3, early_stop=False)
+    a = D.generate(near_copy, init, **kw)
+    b = D.generate(near_copy, init, guide_fn=lambda L: jnp.zeros(L.shape[:2]), **kw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    np.testing.assert_array_equal(np.asarray(a[0][:, 0]), np.asarray(init))  # unguided: the copy
+    # a guide that penalises the initial list: the answer is the best-scored other proposal
+    penal = lambda L: -50.0 * jnp.all(L == init[:, None], -1)  # noqa: E731
+    seqs, scores, _ = D.generate(near_copy, init, guide_fn=penal, **kw)
+    top = np.asarray(seqs[:, 0])
+    assert _is_perm(top) and np.all(np.any(top != np.asarray(init), -1))
+    assert np.all(np.diff(np.asarray(scores), axis=1) <= 1e-6)  # sorted by log p + guide
+    # the unguided beam holds those lists too, below the copy
+    assert all(any(np.array_equal(top[r], q) for q in np.asarray(a[0][r])) for r in range(R))
+
+
+def test_condition_codes_rules():
+    from diffrec_jax import rerank_train as RT
+
+    c = np.asarray(RT.condition_codes("top_k", 2, 6, 4, top=2))
+    np.testing.assert_array_equal(c[0], [RS.CLICK, RS.CLICK, RS.NO_CLICK, RS.NO_CLICK, RS.UNEXPOSED, RS.UNEXPOSED])
+    assert np.all(np.asarray(RT.condition_codes("all_positive", 2, 6, 6)) == RS.CLICK_LIKE)
+    assert np.all(np.asarray(RT.condition_codes("all_negative", 2, 6, 6)) == RS.NO_CLICK)
+    with pytest.raises(ValueError, match="cond_top"):
+        RT.condition_codes("top_k", 2, 6, 4, top=5)
+    with pytest.raises(ValueError, match="config.infer.condition"):
+        RT.condition_codes("most_positive", 2, 6, 4)
+    with pytest.raises(ValueError, match="observed codes"):
+        RT.condition_codes("observed", 2, 6, 4)
+
+
+def _tiny_rerank_config(**infer):
+    from configs import dcdr_synthetic
+
+    c = dcdr_synthetic.get_config()
+    c.data.update(dict(n_users=60, n_items=150, n_cats=5, n=5, n_train=400, n_valid=60, n_test=40))
+    c.model.update(dict(steps=4, emb_dim=16, n_layers=1, n_heads=2))
+    for g in (c.evaluator, c.pointwise):
+        g.emb_dim = 16
+    c.evaluator.n_layers, c.evaluator.n_heads = 1, 2
+    c.train.update(dict(num_epochs=1, evaluator_epochs=1, pointwise_epochs=1, batch_size=128))
+    c.infer.update(dict(t_start=4, batch_size=20, **infer))
+    c.eval.update(dict(n_requests=40, ideal_requests=10))
+    return c
+
+
+def test_rerank_task_end_to_end(tmp_path):
+    """The launcher's rerank task on a tiny world: every row, both conditioning checks, the ideal."""
+    import json
+
+    from diffrec_jax import rerank_train as RT
+
+    res = RT.train_and_evaluate(_tiny_rerank_config(), str(tmp_path))
+    u = res["expected_clicks"]
+    for k in ("initial", "logged", "pointwise", "dcdr", "dcdr_generator_only", "evaluator_swap_search"):
+        assert np.isfinite(u[k]) and u[k] <= u["optimum"] + 1e-9, k
+    assert set(res["conditioning"]) == set(RT.CONDITIONS)
+    ideal = res["conditioning_ideal"]
+    assert ideal["requests"] == 10 and ideal["guidance"] == [0.0, 10.0]
+    for kind in RT.CONDITIONS:
+        for w in ("w=0", "w=10"):
+            assert ideal[kind][w]["kl_to_prior_nats"] >= 0
+    assert isinstance(res["conditioning_holds_top_k"], bool)
+    assert json.load(open(tmp_path / "results.json"))["conditioning"] == res["conditioning"]
+
+
+def test_rerank_task_refuses_bad_inference_fields(tmp_path):
+    from diffrec_jax import rerank_train as RT
+
+    with pytest.raises(ValueError, match="config.infer.condition"):
+        RT.train_and_evaluate(_tiny_rerank_config(condition="best"), str(tmp_path))
+    with pytest.raises(ValueError, match="cond_top"):
+        RT.train_and_evaluate(_tiny_rerank_config(cond_top=9), str(tmp_path))
+    with pytest.raises(ValueError, match="eval_guidance"):
+        RT.train_and_evaluate(_tiny_rerank_config(eval_guidance=-1.0), str(tmp_path))

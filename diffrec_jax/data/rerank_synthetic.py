@@ -48,12 +48,15 @@ __all__ = [
     "RerankSplit",
     "RerankWorld",
     "all_permutations",
+    "bayes_conditional",
     "brute_force_optimum",
     "click_logits",
     "enumerate_optimum",
     "expected_clicks",
     "make_rerank_world",
     "response_codes",
+    "response_loglik",
+    "swap_prior",
 ]
 
 _CHUNK = 1024  # requests per sampling chunk (fixed, so results do not depend on memory)
@@ -299,6 +302,123 @@ def enumerate_optimum(world: RerankWorld, split: RerankSplit, chunk: int = 16) -
         best_u[s:e] = u[np.arange(e - s), arg]
         best_l[s:e] = perms[arg]
     return best_u, best_l
+
+
+def _perm_rank(p: np.ndarray) -> np.ndarray:
+    """Lexicographic index of permutations ``p`` (``[..., n]``) in :func:`all_permutations` order."""
+    n = p.shape[-1]
+    fact = np.array([math.factorial(n - 1 - i) for i in range(n)], np.int64)
+    later_smaller = (p[..., None, :] < p[..., :, None]) & np.triu(np.ones((n, n), bool), 1)
+    return (later_smaller.sum(-1) * fact).sum(-1)
+
+
+def swap_prior(n: int, swaps_mean: float, tol: float = 1e-12) -> np.ndarray:
+    """Exact law of the logged list relative to the initial one: ``K ~ Poisson(swaps_mean)``
+    uniformly random transpositions (as the world draws them, :func:`make_rerank_world`).
+
+    Returns:
+      float64 ``[n!]``: ``P(logged = init[pi])`` for ``pi`` in :func:`all_permutations` order
+      (index 0 is the identity). The same for every request, so it is computed once.
+    """
+    if n > 9:
+        raise ValueError(f"the exact swap prior needs n <= 9 candidates, got n = {n}")
+    perms = all_permutations(n).astype(np.int64)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    nb = np.empty((len(perms), len(pairs)), np.int64)  # the permutation one transposition away
+    for q, (i, j) in enumerate(pairs):
+        s = perms.copy()
+        s[:, [i, j]] = s[:, [j, i]]
+        nb[:, q] = _perm_rank(s)
+    pk = np.zeros(len(perms))
+    pk[0] = 1.0  # after K = 0 swaps: the identity
+    prior = np.zeros(len(perms))
+    k, w = 0, math.exp(-swaps_mean)
+    while True:
+        prior += w * pk
+        if 1.0 - prior.sum() < tol or k > 10 * swaps_mean + 50:
+            break
+        pk = pk[nb].mean(1)  # a uniform transposition is its own inverse: pull = push
+        k += 1
+        w *= swaps_mean / k
+    return prior / prior.sum()
+
+
+def response_loglik(logits: np.ndarray, codes: np.ndarray, like_offset: float, m: int) -> np.ndarray:
+    """``log P(responses = codes | list)`` under the true click model, from the list's click logits.
+
+    Args:
+      logits: ``[..., n]`` :func:`click_logits` of the lists.
+      codes: int ``[..., n]`` response codes (broadcast with ``logits``); slots ``k >= m`` and
+        ``UNEXPOSED`` codes contribute nothing.
+      like_offset: the world's ``coef["like_offset"]``.
+      m: exposed slots.
+
+    Returns:
+      float64 ``[...]``.
+    """
+    lsig = lambda x: -np.logaddexp(0.0, -x)  # noqa: E731  log sigmoid, stable
+    logits, codes = np.broadcast_arrays(np.asarray(logits, np.float64), np.asarray(codes))
+    per = np.where(codes == NO_CLICK, lsig(-logits), 0.0)
+    per = per + np.where(codes == CLICK, lsig(logits) + lsig(-(logits - like_offset)), 0.0)
+    per = per + np.where(codes == CLICK_LIKE, lsig(logits) + lsig(logits - like_offset), 0.0)
+    return per[..., :m].sum(-1)
+
+
+def bayes_conditional(world: RerankWorld, split: RerankSplit, codes: np.ndarray, swaps_mean: float,
+                      guidance: tuple[float, ...] = (0.0,), chunk: int = 8) -> dict[str, np.ndarray]:
+    """The *ideal* conditional list generator: the exact posterior over the logged list given
+    the request and a response condition, with the true click model and the true log prior.
+
+    ``p(x_0 = init[pi] | c) ∝ P_swap(pi) P(c | init[pi])^(1 + w)`` over all ``n!`` lists
+    (:func:`swap_prior`, :func:`response_loglik`; ``w`` = guidance, ``w = 0`` is Bayes). A
+    denoiser trained by x0 cross-entropy on the logs with their responses as the condition
+    approximates exactly this law, so it is the best any DCDR generator of this world can do
+    with that condition: the conditioning check of the spec (utility under ``c* =
+    all-positive`` > observed > all-negative) can be checked here without any learning.
+
+    Args:
+      world: the world (``n <= 9``).
+      split: the requests.
+      codes: int ``[N, n]`` the condition of each request.
+      swaps_mean: the world's Poisson mean of logged swaps (``config.data.swaps_mean``).
+      guidance: the weights ``w``.
+      chunk: requests scored at once.
+
+    Returns:
+      ``{"map_utility" [G, N], "mean_utility" [G, N], "map_lists" int32 [G, N, n],
+      "info_nats" [G, N]}``: the true expected clicks of the posterior's mode and the posterior
+      mean of them, the mode, and ``KL(posterior || prior)`` (how far the condition moves the
+      law, in nats).
+    """
+    n, m = world.n, world.m
+    codes = np.asarray(codes)
+    N = len(split)
+    if codes.shape != (N, n):
+        raise ValueError(f"codes must have shape {(N, n)}, got {codes.shape}")
+    perms = all_permutations(n).astype(np.int64)
+    logprior = np.log(swap_prior(n, swaps_mean))
+    G = len(guidance)
+    out = {"map_utility": np.empty((G, N)), "mean_utility": np.empty((G, N)),
+           "map_lists": np.empty((G, N, n), np.int32), "info_nats": np.empty((G, N))}
+    for s in range(0, N, chunk):
+        e = min(N, s + chunk)
+        lists = np.take_along_axis(split.init[s:e, None, :].astype(np.int64),
+                                   np.broadcast_to(perms[None], (e - s,) + perms.shape), 2)  # [c, P, n]
+        lg = click_logits(world, split.user[s:e], split.cands[s:e], lists)
+        util = _sigmoid(lg[..., :m]).sum(-1)  # [c, P]
+        ll = response_loglik(lg, codes[s:e, None, :], world.coef["like_offset"], m)  # [c, P]
+        for g, w in enumerate(guidance):
+            lp = logprior[None] + (1.0 + w) * ll
+            lp = lp - lp.max(1, keepdims=True)
+            post = np.exp(lp)
+            post /= post.sum(1, keepdims=True)
+            arg = lp.argmax(1)
+            rows = np.arange(e - s)
+            out["map_utility"][g, s:e] = util[rows, arg]
+            out["mean_utility"][g, s:e] = (post * util).sum(1)
+            out["map_lists"][g, s:e] = lists[rows, arg]
+            out["info_nats"][g, s:e] = (post * (np.log(np.maximum(post, 1e-300)) - logprior[None])).sum(1)
+    return out
 
 
 def _sigmoid(x):

@@ -65,6 +65,7 @@ __all__ = [
     "ListEvaluator",
     "PointwiseRanker",
     "decode_topb",
+    "evaluator_guide",
     "generate",
     "greedy_decode",
     "make_discrete_schedule",
@@ -465,6 +466,7 @@ def generate(
     t_start: int,
     beam: int = 1,
     early_stop: bool = True,
+    guide_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Reverse process from the initial lists with beam search and early stop (host loop).
 
@@ -484,6 +486,11 @@ def generate(
       t_start: ``t_s`` in ``1..T`` (the "noise scale" knob).
       beam: ``B``.
       early_stop: freeze a request whose beam set is a fixed point.
+      guide_fn: optional ``(lists int32 [R, M, n]) -> [R, M]`` guidance term (e.g. ``lambda``
+        times an evaluator's ``log P(c | list)``: classifier guidance on the condition,
+        [design]). A beam's ranking score is then its accumulated log-probability plus the
+        guide of its *current* list, so candidates are compared by ``log p + guide`` at every
+        step and the returned lists are sorted by it.
 
     Returns:
       ``(lists int32 [R, B, n], scores float32 [R, B], steps int32 [R])``; ``steps`` = reverse
@@ -503,10 +510,21 @@ def generate(
         scores = jnp.full((R, beam), INVALID, jnp.float32).at[:, 0].set(0.0)
     done = jnp.zeros((R,), bool)
     steps = jnp.zeros((R,), jnp.int32)
-    step_fn = _beam_step(kernel, beam)
+    expand, merge = _beam_expand(kernel, beam), _beam_merge(beam)
+    guide = None
+    if guide_fn is not None:
+        guide = guide_fn(seqs)
+        scores = jnp.where(scores > INVALID / 2, scores + guide, INVALID)
     for t in range(t_start, 0, -1):
         logits = logits_fn(seqs, t)
-        new_seqs, new_scores, fixed = step_fn(seqs, scores, logits, jnp.int32(t), sched)
+        base = scores if guide is None else jnp.where(scores > INVALID / 2, scores - guide, INVALID)
+        dec, tot = expand(seqs, base, logits, jnp.int32(t), sched)
+        if guide_fn is not None:
+            tot = jnp.where(tot > INVALID / 2, tot + guide_fn(dec), INVALID)
+        new_seqs, new_scores, fixed = merge(seqs, scores, dec, tot)
+        if guide_fn is not None:
+            new_guide = guide_fn(new_seqs)
+            guide = jnp.where(done[:, None], guide, new_guide)
         new_seqs = jnp.where(done[:, None, None], seqs, new_seqs)
         new_scores = jnp.where(done[:, None], scores, new_scores)
         steps = steps + (~done).astype(jnp.int32)
@@ -521,23 +539,39 @@ def generate(
 _STEP_CACHE: dict = {}
 
 
-def _beam_step(kernel: str, beam: int):
-    key = (kernel, beam)
+def _beam_expand(kernel: str, beam: int):
+    """Jitted ``(seqs, scores, logits, t, sched) -> (cands [R, B*B, n], scores [R, B*B])``: the ``B``
+    best valid permutations of every beam list under its transition log-probabilities, scored by
+    the beam score plus their log-probability."""
+    key = ("expand", kernel, beam)
     if key not in _STEP_CACHE:
 
         @jax.jit
-        def step(seqs, scores, logits, t, sched):
+        def expand(seqs, scores, logits, t, sched):
             lp = transition_logprobs(kernel, seqs, logits, t, sched)  # [R, B, n, n]
             dec, dsc = jax.vmap(jax.vmap(lambda l: decode_topb(l, beam)))(lp)  # [R,B,B,n], [R,B,B]
             valid = (scores[:, :, None] > INVALID / 2) & (dsc > INVALID / 2)
             tot = jnp.where(valid, scores[:, :, None] + dsc, INVALID)
             R, B, _, n = dec.shape
-            ms, msc = jax.vmap(lambda s, c: _merge_beams(s, c, beam))(
-                dec.reshape(R, B * B, n), tot.reshape(R, B * B))
+            return dec.reshape(R, B * B, n), tot.reshape(R, B * B)
+
+        _STEP_CACHE[key] = expand
+    return _STEP_CACHE[key]
+
+
+def _beam_merge(beam: int):
+    """Jitted ``(seqs, scores, cands, cand_scores) -> (new_seqs, new_scores, fixed)``: the ``B``
+    best distinct candidates and whether the beam's set of lists stayed the same."""
+    key = ("merge", beam)
+    if key not in _STEP_CACHE:
+
+        @jax.jit
+        def merge(seqs, scores, cands, cand_scores):
+            ms, msc = jax.vmap(lambda s, c: _merge_beams(s, c, beam))(cands, cand_scores)
             fixed = jax.vmap(_same_set)(seqs, scores, ms, msc)
             return ms, msc, fixed
 
-        _STEP_CACHE[key] = step
+        _STEP_CACHE[key] = merge
     return _STEP_CACHE[key]
 
 
@@ -831,8 +865,13 @@ class DCDR:
 
     def generate(self, params: dict, ctx: Context, init: jnp.ndarray, cond: jnp.ndarray, *,
                  t_start: int, beam: int = 4, early_stop: bool = True, guidance: float = 0.0,
-                 noise_start: bool = False, key: jax.Array | None = None):
+                 noise_start: bool = False, key: jax.Array | None = None,
+                 guide_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None):
         """Reverse process from ``init`` under condition ``cond`` (see :func:`generate`).
+
+        ``guidance`` is classifier-free guidance on the denoiser's own use of ``cond``;
+        ``guide_fn`` adds a classifier-guidance term to the beam scores (see :func:`generate`;
+        :func:`evaluator_guide` builds one from a :class:`ListEvaluator`).
 
         With ``noise_start`` ([design], the spec's optional "noise it with ``q(x_{t_s} | x_init)``"),
         the beam starts from ``B`` sequences: the initial list and ``B - 1`` draws of
@@ -849,7 +888,33 @@ class DCDR:
                 noised = jax.vmap(lambda x: greedy_decode_jax(jnp.log(_onehot(x, n) + 1e-3)))(noised)
             init = jnp.concatenate([init[:, None], noised.reshape(R, beam - 1, n)], 1)
         return generate(self.make_logits_fn(params, ctx, cond, guidance), init, kernel=self.kernel,
-                        sched=self.sched, t_start=t_start, beam=beam, early_stop=early_stop)
+                        sched=self.sched, t_start=t_start, beam=beam, early_stop=early_stop,
+                        guide_fn=guide_fn)
+
+
+def evaluator_guide(evaluator: "ListEvaluator", eparams, ctx: Context, cond: jnp.ndarray,
+                    weight: float) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """``guide_fn`` for :func:`generate`: ``weight * log P_evaluator(cond | list)`` of every list.
+
+    Classifier guidance on the response condition ([design]): the beam is steered towards lists
+    whose responses, as the evaluator predicts them, match ``cond``. With the true click model
+    in place of the evaluator this is the ideal conditional generator's likelihood term
+    (:func:`diffrec_jax.data.rerank_synthetic.bayes_conditional`).
+
+    Args:
+      evaluator, eparams: a trained :class:`ListEvaluator`.
+      ctx: request context (batch ``R``).
+      cond: int ``[R, n]`` response codes.
+      weight: ``lambda >= 0``.
+    """
+    fn = jax.jit(evaluator.condition_loglik)
+
+    def guide_fn(lists):
+        R, M, n = lists.shape
+        ll = fn(eparams, ctx.repeat(M), lists.reshape(R * M, n), jnp.repeat(cond, M, axis=0))
+        return weight * ll.reshape(R, M)
+
+    return guide_fn
 
 
 class ListEvaluator:
@@ -952,6 +1017,31 @@ class ListEvaluator:
         w = mask_B.astype(jnp.float32)
         loss = jnp.sum(bce * w) / jnp.maximum(w.sum(), 1.0)
         return loss, {"bce": loss}
+
+    def condition_loglik(self, params, ctx: Context, lists, cond) -> jnp.ndarray:
+        """The evaluator's ``log P(responses = cond | list)``, ``[B]`` (the likelihood term of
+        classifier guidance on the condition, [design]).
+
+        The click head gives ``P(click_k)``, the like head ``P(click_k and like_k)`` (it is trained
+        on likes that are 0 without a click), so code 0 scores ``log(1 - P(click))``, code 1
+        ``log(P(click) - P(click and like))``, code 2 ``log P(click and like)``; codes 3
+        (unexposed) and 4 (null) and the slots ``k >= m`` add nothing.
+
+        Args:
+          params: evaluator parameters.
+          ctx: request context (batch ``B``).
+          lists: int ``[B, n]``.
+          cond: int ``[B, n]`` response codes.
+        """
+        lg = self.logits(params, ctx, lists)
+        m = self.sizes.m
+        lc, ll, cond = lg[:, :m, 0], lg[:, :m, 1], cond[:, :m]
+        p_c = jax.nn.sigmoid(lc)
+        p_cl = jnp.minimum(jax.nn.sigmoid(ll), p_c)
+        per = jnp.where(cond == 0, jax.nn.log_sigmoid(-lc), 0.0)
+        per = per + jnp.where(cond == 1, jnp.log(jnp.maximum(p_c - p_cl, 1e-6)), 0.0)
+        per = per + jnp.where(cond == 2, jnp.log(jnp.maximum(p_cl, 1e-6)), 0.0)
+        return per.sum(-1)
 
     def utility(self, params, ctx: Context, lists) -> jnp.ndarray:
         """Predicted expected clicks ``sum_{k<=m} sigmoid(click_logit_k)``, ``[B]``."""

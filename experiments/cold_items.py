@@ -11,7 +11,9 @@ Reads the run's best checkpoint (``workdir/best``) and prints, and writes to
   and cold items;
 * on the first ``--rows`` test rows: the share of cold items in each row's top 20, and HR/NDCG@20
   on all rows, on the rows with a warm target and on the rows with a cold target (exact protocol,
-  padding not ranked).
+  padding not ranked);
+* how alike the rows' top-20 lists are (distinct items, overlap with the most common 20 items)
+  and the HR@20 that one fixed list (that consensus) would get.
 
 On YooChoose 66.8 % of the test targets (30.9 % of the validation targets) are cold, and DreamRec's
 ranking puts its cold items first (their N(0, 1) initial embeddings are 40x longer than the trained
@@ -62,7 +64,7 @@ def analyse(config, workdir: str, rows: int) -> dict:
     arrays = S.split_arrays(data.test)
     n = min(rows, len(data.test))
     score = jax.jit(lambda p, b, k: model.score(p, model_state, b, k))
-    ranks, cold_top = [], []
+    ranks, cold_top, tops = [], [], []
     for s in range(0, n, 1000):
         idx = jnp.arange(s, min(n, s + 1000))
         batch = S._gather(arrays, idx)
@@ -72,13 +74,38 @@ def analyse(config, workdir: str, rows: int) -> dict:
         ranks.append(np.asarray(S.target_rank(jnp.asarray(sc), batch["target"])))  # the evaluator's rank
         top = np.argpartition(-sc, 20, axis=1)[:, :20]
         cold_top.append((~warm[top]).mean(1))
+        tops.append(top)
     rank = np.concatenate(ranks)
     cold_row = ~warm[data.test.targets[:n]]
     out["test_rows"] = n
     out["cold_share_of_top20"] = float(np.concatenate(cold_top).mean())
     out["test"] = {"all": _metrics(rank), "warm_target_rows": _metrics(rank[~cold_row]),
                    "cold_target_rows": _metrics(rank[cold_row])}
+    out["top20_lists"] = top20_consensus(np.concatenate(tops), data.test.targets[:n])
     return out
+
+
+def top20_consensus(top: np.ndarray, targets: np.ndarray) -> dict:
+    """How alike the rows' top-20 lists are, and how many hits one fixed list would get.
+
+    Args:
+      top: int ``[R, 20]`` each row's top-20 items.
+      targets: int ``[R]``.
+
+    Returns:
+      ``distinct_items`` in all lists; the ``consensus`` list = the 20 items most often in a
+      top 20, ``overlap_with_consensus`` = mean share of a row's top 20 that is in it, and
+      ``consensus_hr@20`` = HR@20 if every row were shown the consensus list; for scale,
+      ``best_fixed_list_hr@20`` = the share of rows whose target is one of the 20 most frequent
+      targets (an oracle: the best any single list could do).
+    """
+    items, counts = np.unique(top, return_counts=True)
+    consensus = items[np.argsort(-counts, kind="stable")[:20]]
+    t_items, t_counts = np.unique(targets, return_counts=True)
+    return {"distinct_items": int(items.size),
+            "overlap_with_consensus": float(np.isin(top, consensus).mean()),
+            "consensus_hr@20": float(np.isin(targets, consensus).mean()),
+            "best_fixed_list_hr@20": float(np.sort(t_counts)[::-1][:20].sum() / targets.size)}
 
 
 def main(argv):

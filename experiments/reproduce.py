@@ -92,7 +92,8 @@ def main(argv):
         "| metric | ours | per seed | paper | target |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for k in SHOW:
+    show = SHOW + tuple(k for k in sorted(summ) if k.startswith("expected_clicks/"))  # the rerank task
+    for k in show:
         if k not in summ:
             continue
         per = ", ".join(f"{r['test'][k]:.4f}" for r in runs)
@@ -102,8 +103,9 @@ def main(argv):
         lines.append(f"| {k} | {summ[k]['mean']:.4f} ± {summ[k]['std']:.4f} | {per} | {p} | {ok} |")
     lines += [
         "",
-        f"best epochs: {[r['best_epoch'] for r in runs]}; epochs run: {[r['epochs_run'] for r in runs]}; "
-        f"train s: {[round(r['train_time_s'], 1) for r in runs]}; eval s: {[round(r['eval_time_s'], 1) for r in runs]}",
+        f"best epochs: {[r.get('best_epoch') for r in runs]}; epochs run: {[r.get('epochs_run') for r in runs]}; "
+        f"train s: {[round(r.get('train_time_s', r.get('total_time_s', 0.0)), 1) for r in runs]}; "
+        f"eval s: {[round(r.get('eval_time_s', 0.0), 1) for r in runs]}",
         f"paper source: {paper.get('source', 'n/a')}",
     ]
     text = "\n".join(lines)

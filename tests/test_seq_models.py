@@ -241,3 +241,11 @@ def test_cold_items_analysis_runs_on_a_trained_dreamrec(tmp_path):
     t = res["test"]
     assert t["all"]["n"] == t["warm_target_rows"]["n"] + t["cold_target_rows"]["n"] == res["test_rows"]
     assert 0.0 <= res["cold_share_of_top20"] <= 1.0 and res["median_norm"]["warm"] > 0
+    assert 20 <= res["top20_lists"]["distinct_items"] <= 20 * 50
+    # one fixed list for everyone: its HR is the model's; the oracle list bounds any fixed list
+    top = np.tile(np.arange(20), (6, 1))
+    cons = mod.top20_consensus(top, np.array([3, 19, 25, 3, 3, 40]))
+    assert cons == {"distinct_items": 20, "overlap_with_consensus": 1.0, "consensus_hr@20": 4 / 6,
+                    "best_fixed_list_hr@20": 1.0}
+    mixed = mod.top20_consensus(np.stack([np.arange(20), np.arange(20) + 20]), np.array([0, 39]))
+    assert mixed["distinct_items"] == 40 and mixed["consensus_hr@20"] == 0.5

@@ -448,6 +448,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "world": world.summary(),
         "kernel": model.kernel,
         "expected_clicks": mean_u,
+        # paired per-request differences, DCDR minus each other list, with their standard errors
+        "dcdr_minus": {k: {"mean": float((util["dcdr"] - v).mean()),
+                           "se": float((util["dcdr"] - v).std(ddof=1) / math.sqrt(max(n_te, 1)))}
+                       for k, v in util.items() if k != "dcdr" and n_te > 1},
         "conditioning": cond_check,
         "conditioning_holds": bool(cond_check["all_positive"] > cond_check["observed"] > cond_check["all_negative"]),
         "conditioning_holds_top_k": bool(cond_check["top_k"] > cond_check["observed"] > cond_check["all_negative"]),

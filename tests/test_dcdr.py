@@ -408,6 +408,8 @@ def test_rerank_task_end_to_end(tmp_path):
     for k in ("initial", "logged", "pointwise", "dcdr", "dcdr_generator_only", "evaluator_swap_search"):
         assert np.isfinite(u[k]) and u[k] <= u["optimum"] + 1e-9, k
     assert set(res["conditioning"]) == set(RT.CONDITIONS)
+    d = res["dcdr_minus"]["initial"]
+    assert abs(d["mean"] - (u["dcdr"] - u["initial"])) < 1e-9 and d["se"] >= 0
     ideal = res["conditioning_ideal"]
     assert ideal["requests"] == 10 and ideal["guidance"] == [0.0, 10.0]
     for kind in RT.CONDITIONS:

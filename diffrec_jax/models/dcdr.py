@@ -43,6 +43,16 @@ This module implements that spec (its section 8):
   (:class:`ListEvaluator`, per-position click / like probabilities, BCE on the logs) picks the
   final list among the beam.
 
+* **Conditioning** ([design]): the condition ``c*`` is set by a rule (``config.infer.condition``:
+  all-positive, observed, all-negative, or clicks on the first ``k`` slots). Two ways to make the
+  reverse process follow it: classifier-free guidance on the denoiser's own use of ``c``
+  (``guidance``), and classifier guidance with the evaluator as the likelihood
+  (:func:`evaluator_guide`: beam score + ``lambda log P_evaluator(c* | list)``). On the synthetic
+  world the denoiser trained on logged responses barely reads ``c`` (the responses say little
+  about the list: 0.19 nats for the exact posterior), so only the second moves the lists; the
+  exact Bayes posterior (:func:`diffrec_jax.data.rerank_synthetic.bayes_conditional`) shows which
+  conditions can raise the utility at all.
+
 The point-wise reranker baseline (:class:`PointwiseRanker`) is trained on the same logs.
 
 Everything here is functional JAX on dict parameter trees; the training loop is

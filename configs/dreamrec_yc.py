@@ -48,6 +48,7 @@ def get_config(variant: str = "faithful"):
     c.model.dropout = 0.1  # dropout_rate
     c.model.cfg_dropout = 0.1  # p
     c.model.denoiser = "mlp1"  # diffuser_type
+    c.model.item_init_std = 1.0  # item table init N(0, std^2); 1.0 as the reference (cold rows stay long)
     c.model.deterministic_eval = not faithful  # the reference keeps dropout on while sampling
 
     c.diffusion = ml_collections.ConfigDict()

@@ -249,3 +249,22 @@ def test_cold_items_analysis_runs_on_a_trained_dreamrec(tmp_path):
                     "best_fixed_list_hr@20": 1.0}
     mixed = mod.top20_consensus(np.stack([np.arange(20), np.arange(20) + 20]), np.array([0, 39]))
     assert mixed["distinct_items"] == 40 and mixed["consensus_hr@20"] == 0.5
+
+
+def test_dreamrec_item_init_std(tmp_path):
+    """model.item_init_std scales the item table's N(0, 1) init (1.0 = the reference); 0 is refused."""
+    from configs import seq_test
+    from diffrec_jax import seq_train
+
+    c = seq_test.get_config("dreamrec")
+    data = seq_train.load_seq_data(c.data)
+    stds = []
+    for s in (1.0, 0.01):
+        c.model.item_init_std = s
+        model = seq_train.get_model(c, data)
+        _, params, _ = model.init(jax.random.key(0))
+        stds.append(float(np.std(np.asarray(model.net(params).item_emb[...]))))
+    assert abs(stds[0] - 1.0) < 0.1 and abs(stds[1] - 0.01) < 0.001
+    c.model.item_init_std = 0.0
+    with pytest.raises(ValueError, match="config.model.item_init_std"):
+        seq_train.get_model(c, data)

@@ -105,7 +105,10 @@ class DreamRecNet(nnx.Module):
     def __init__(self, num_embeddings: int, max_len: int, mcfg, rngs: nnx.Rngs):
         d = int(mcfg.hidden)
         self.d = d
-        self.item_emb = nnx.Param(jax.random.normal(rngs.params(), (num_embeddings, d)))
+        # N(0, 1) as the reference's nn.Embedding; item_init_std < 1 keeps never-trained (cold) rows
+        # short, so they cannot outrank trained ones in x E^T (see the README's DreamRec notes)
+        std = float(mcfg.get("item_init_std", 1.0))
+        self.item_emb = nnx.Param(std * jax.random.normal(rngs.params(), (num_embeddings, d)))
         self.null = nnx.Param(jax.random.normal(rngs.params(), (1, d)))
         r = float(mcfg.dropout)
         self.encoder = TransformerEncoder(
@@ -185,6 +188,8 @@ class DreamRec:
             raise ValueError(f"config.model.cfg_dropout must be in [0, 1], got {m.cfg_dropout}")
         if not 0.0 <= m.dropout < 1.0:
             raise ValueError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
+        if not m.get("item_init_std", 1.0) > 0:
+            raise ValueError(f"config.model.item_init_std must be > 0, got {m.item_init_std}")
         if int(m.hidden) % 2 or int(m.hidden) < 4:
             raise ValueError(f"config.model.hidden must be even and >= 4, got {m.hidden}")
 

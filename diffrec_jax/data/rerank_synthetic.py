@@ -30,6 +30,12 @@ The exact utility of a list is its expected number of clicks, ``sum_{k <= m} sig
 found by brute force (:func:`brute_force_optimum`). The ``n = 20, m = 6`` variant has no exact
 optimum here.
 
+Because the click model and the law of the logged lists are both known, the *ideal* conditional
+list generator (the exact Bayes posterior ``p(logged list | request, responses)`` that a denoiser
+trained on these logs approximates) is computable for ``n <= 9`` (:func:`swap_prior`,
+:func:`response_loglik`, :func:`bayes_conditional`): it tells which response conditions can
+raise the utility at all, independently of any learning.
+
 Lists are stored as *permutations of candidate indices* ``0..n-1`` (int32 ``[N, n]``), ``L[k]`` =
 the candidate shown at position ``k``; a response of the logged list at position ``k`` refers to
 candidate ``logged[k]``.

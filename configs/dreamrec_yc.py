@@ -49,6 +49,7 @@ def get_config(variant: str = "faithful"):
     c.model.cfg_dropout = 0.1  # p
     c.model.denoiser = "mlp1"  # diffuser_type
     c.model.item_init_std = 1.0  # item table init N(0, std^2); 1.0 as the reference (cold rows stay long)
+    c.model.stop_target_grad = False  # True: no gradient into the x0 target rows (not in the reference)
     c.model.deterministic_eval = not faithful  # the reference keeps dropout on while sampling
 
     c.diffusion = ml_collections.ConfigDict()

@@ -268,3 +268,30 @@ def test_dreamrec_item_init_std(tmp_path):
     c.model.item_init_std = 0.0
     with pytest.raises(ValueError, match="config.model.item_init_std"):
         seq_train.get_model(c, data)
+
+
+def test_dreamrec_stop_target_grad():
+    """With model.stop_target_grad the loss sends no gradient into a row used only as a target."""
+    from configs import seq_test
+    from diffrec_jax import seq_train
+
+    c = seq_test.get_config("dreamrec")
+    data = seq_train.load_seq_data(c.data)
+    arrays = seq_train.split_arrays(data.train)
+    idx = jnp.arange(8)
+    batch = seq_train._gather(arrays, idx)
+    hist = set(np.asarray(batch["seq"]).ravel().tolist())
+    only_target = [int(t) for t in np.asarray(batch["target"]) if int(t) not in hist]
+    assert only_target, "the test needs a row that is a target but in no history of the batch"
+    grads = {}
+    for flag in (False, True):
+        c.model.stop_target_grad = flag
+        model = seq_train.get_model(c, data)
+        _, params, state = model.init(jax.random.key(0))
+
+        def f(p):
+            return model.loss(p, state, batch, jnp.ones(8, bool), jax.random.key(1))[0]
+
+        g = jax.grad(f)(params)
+        grads[flag] = np.abs(np.asarray(model.net(g).item_emb[...])[only_target]).sum()
+    assert grads[False] > 0 and grads[True] == 0

@@ -208,6 +208,10 @@ class DreamRec:
         net = self.net(params)
         k_enc, k_cfg, k_t, k_eps = jax.random.split(key, 4)
         e0 = net.item_emb[...][batch["target"]]
+        if self.mcfg.get("stop_target_grad", False):
+            # [not in the reference] the regression target is a constant: the table learns only
+            # through the history encoder, so shrinking it cannot lower the loss (README)
+            e0 = jax.lax.stop_gradient(e0)
         c = net.guidance(batch["seq"], batch["len"], self.pad_id, k_enc)
         B = c.shape[0]
         keep = jax.random.bernoulli(k_cfg, 1.0 - self.p, (B, 1)).astype(c.dtype)

@@ -61,6 +61,7 @@ Everything here is functional JAX on dict parameter trees; the training loop is
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -448,8 +449,9 @@ def greedy_decode(logp_LxN: np.ndarray) -> np.ndarray:
     return out
 
 
-def _merge_beams(seqs: jnp.ndarray, scores: jnp.ndarray, beam: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Best ``beam`` distinct lists among ``[M, n]`` candidates (duplicates keep the best score)."""
+def _merge_beams(seqs: jnp.ndarray, scores: jnp.ndarray, beam: int, aux: jnp.ndarray | None = None):
+    """Best ``beam`` distinct lists among ``[M, n]`` candidates (duplicates keep the best score);
+    ``(lists, scores)``, plus the chosen rows of ``aux`` ``[M]`` when given."""
     order = jnp.argsort(-scores)
     seqs, scores = seqs[order], scores[order]
     same = jnp.all(seqs[:, None, :] == seqs[None, :, :], -1)  # [M, M]
@@ -457,7 +459,9 @@ def _merge_beams(seqs: jnp.ndarray, scores: jnp.ndarray, beam: int) -> tuple[jnp
     dup = jnp.any(same & earlier, axis=1)
     scores = jnp.where(dup, INVALID, scores)
     top_v, top_i = jax.lax.top_k(scores, beam)
-    return seqs[top_i], top_v
+    if aux is None:
+        return seqs[top_i], top_v
+    return seqs[top_i], top_v, aux[order][top_i]
 
 
 def _same_set(a: jnp.ndarray, sa: jnp.ndarray, b: jnp.ndarray, sb: jnp.ndarray) -> jnp.ndarray:
@@ -529,11 +533,12 @@ def generate(
         logits = logits_fn(seqs, t)
         base = scores if guide is None else jnp.where(scores > INVALID / 2, scores - guide, INVALID)
         dec, tot = expand(seqs, base, logits, jnp.int32(t), sched)
-        if guide_fn is not None:
-            tot = jnp.where(tot > INVALID / 2, tot + guide_fn(dec), INVALID)
-        new_seqs, new_scores, fixed = merge(seqs, scores, dec, tot)
-        if guide_fn is not None:
-            new_guide = guide_fn(new_seqs)
+        if guide_fn is None:
+            new_seqs, new_scores, fixed = merge(seqs, scores, dec, tot)
+        else:
+            g_dec = guide_fn(dec)
+            tot = jnp.where(tot > INVALID / 2, tot + g_dec, INVALID)
+            new_seqs, new_scores, fixed, new_guide = merge(seqs, scores, dec, tot, g_dec)
             guide = jnp.where(done[:, None], guide, new_guide)
         new_seqs = jnp.where(done[:, None, None], seqs, new_seqs)
         new_scores = jnp.where(done[:, None], scores, new_scores)
@@ -570,16 +575,20 @@ def _beam_expand(kernel: str, beam: int):
 
 
 def _beam_merge(beam: int):
-    """Jitted ``(seqs, scores, cands, cand_scores) -> (new_seqs, new_scores, fixed)``: the ``B``
-    best distinct candidates and whether the beam's set of lists stayed the same."""
+    """Jitted ``(seqs, scores, cands, cand_scores[, cand_aux]) -> (new_seqs, new_scores, fixed[,
+    new_aux])``: the ``B`` best distinct candidates and whether the beam's set of lists stayed the
+    same (and the candidates' ``cand_aux`` values that came along)."""
     key = ("merge", beam)
     if key not in _STEP_CACHE:
 
         @jax.jit
-        def merge(seqs, scores, cands, cand_scores):
-            ms, msc = jax.vmap(lambda s, c: _merge_beams(s, c, beam))(cands, cand_scores)
+        def merge(seqs, scores, cands, cand_scores, cand_aux=None):
+            if cand_aux is None:
+                ms, msc = jax.vmap(lambda s, c: _merge_beams(s, c, beam))(cands, cand_scores)
+            else:  # carry a per-candidate value (the guide) along with the chosen lists
+                ms, msc, ma = jax.vmap(lambda s, c, a: _merge_beams(s, c, beam, a))(cands, cand_scores, cand_aux)
             fixed = jax.vmap(_same_set)(seqs, scores, ms, msc)
-            return ms, msc, fixed
+            return (ms, msc, fixed) if cand_aux is None else (ms, msc, fixed, ma)
 
         _STEP_CACHE[key] = merge
     return _STEP_CACHE[key]
@@ -855,10 +864,15 @@ class DCDR:
         acc = jnp.sum(jnp.mean(jnp.argmax(lg, -1) == x0, -1) * w) / jnp.maximum(w.sum(), 1.0)
         return ce, {"ce": ce, "acc": acc}
 
+    @functools.cached_property
+    def jit_logits(self):
+        """:meth:`logits` jitted once per model (a fresh ``jax.jit`` per batch would recompile)."""
+        return jax.jit(lambda p, ctx, x, t, c: self.logits(p, ctx, x, t, c))
+
     def make_logits_fn(self, params: dict, ctx: Context, cond: jnp.ndarray, guidance: float = 0.0):
         """``(x_RxBxn, t) -> [R, B, n, n]`` for :func:`generate`; with ``guidance = w > 0``,
         classifier-free guidance ``(1 + w) l(c) - w l(null)`` ([design], optional)."""
-        fn = jax.jit(lambda p, ctx, x, t, c: self.logits(p, ctx, x, t, c))
+        fn = self.jit_logits
 
         def logits_fn(x, t):
             R, B, n = x.shape
@@ -917,7 +931,7 @@ def evaluator_guide(evaluator: "ListEvaluator", eparams, ctx: Context, cond: jnp
       cond: int ``[R, n]`` response codes.
       weight: ``lambda >= 0``.
     """
-    fn = jax.jit(evaluator.condition_loglik)
+    fn = evaluator.jit_condition_loglik
 
     def guide_fn(lists):
         R, M, n = lists.shape
@@ -1052,6 +1066,11 @@ class ListEvaluator:
         per = per + jnp.where(cond == 1, jnp.log(jnp.maximum(p_c - p_cl, 1e-6)), 0.0)
         per = per + jnp.where(cond == 2, jnp.log(jnp.maximum(p_cl, 1e-6)), 0.0)
         return per.sum(-1)
+
+    @functools.cached_property
+    def jit_condition_loglik(self):
+        """:meth:`condition_loglik` jitted once per evaluator."""
+        return jax.jit(self.condition_loglik)
 
     def utility(self, params, ctx: Context, lists) -> jnp.ndarray:
         """Predicted expected clicks ``sum_{k<=m} sigmoid(click_logit_k)``, ``[B]``."""

@@ -503,6 +503,12 @@ def _fit_closed_form(model, config, data: InteractionData, workdir: str) -> dict
         "train_time_s": fit_s,
         "eval_time_s": eval_s,
     }
+    # the fit itself, so diffrec_jax.inference can load the run without fitting again
+    best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+    try:
+        best.save(1, {"params": params, "model_state": model_state}, {"epoch": last, **res})
+    finally:
+        best.close()
     write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     log.info("%s fitted in %.1fs: test %s", config.model.name, fit_s, res["test"])
     return results

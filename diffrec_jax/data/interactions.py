@@ -897,6 +897,7 @@ def load_movielens(
     min_rating: float | None = None,
     split: Sequence[float] = (0.7, 0.2, 0.1),
     name: str | None = None,
+    return_ids: bool = False,
 ) -> InteractionData:
     """Load raw MovieLens ratings as implicit feedback with a per-user temporal split.
 
@@ -928,9 +929,11 @@ def load_movielens(
         min_rating: keep only ratings ``>= min_rating``; all ratings if None.
         split: (train, valid, test) fractions, positive, summing to 1.
         name: dataset name; defaults to the parent directory name (e.g. ``ml-100k``).
+        return_ids: also return the raw ids: ``(data, raw_users [n_users], raw_items
+            [n_items])``, internal id ``j`` being raw id ``raw_items[j]``.
 
     Returns:
-        The validated dataset.
+        The validated dataset (and the raw ids with ``return_ids``).
 
     Raises:
         DataError: missing/empty file, malformed line (with line number), wrong
@@ -1004,4 +1007,4 @@ def load_movielens(
         test=csrs["test"],
     )
     validate(data, source=str(path))
-    return data
+    return (data, uniq_u, uniq_i) if return_ids else data

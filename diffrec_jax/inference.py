@@ -99,7 +99,7 @@ class Recommendations:
                                np.concatenate([p.scores for p in parts]), users)
 
 
-def _bucket(n: int, cap: int) -> int:
+def batch_bucket(n: int, cap: int) -> int:
     """Smallest power of two >= n, capped at ``cap`` (the padded batch size)."""
     return min(cap, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
@@ -305,7 +305,7 @@ class Recommender:
                                  f"got {users.tolist()[:3]}") from None
         bad = (idx < 0) | (idx >= self.n_users)
         if bad.any():
-            raise InferenceError(f"{self.run_dir}: unknown user {users[np.argmax(bad)]!r} (the run's "
+            raise InferenceError(f"{self.run_dir}: unknown user {users[np.argmax(bad)].item()!r} (the run's "
                                  f"data has users 0..{self.n_users - 1})")
         return idx
 
@@ -329,14 +329,14 @@ class Recommender:
                                      f"{items.tolist()[:3]}") from None
         bad = (items < lo) | (items >= hi)
         if bad.any():
-            raise InferenceError(f"{self.run_dir}: unknown item {items[np.argmax(bad)]!r} (the run never "
+            raise InferenceError(f"{self.run_dir}: unknown item {items[np.argmax(bad)].item()!r} (the run never "
                                  f"saw it; items are {lo}..{hi - 1})")
         return items.astype(np.int64)
 
     def _item_range(self) -> tuple[int, int]:
         return 0, self.n_items
 
-    def _check_k(self, k) -> int:
+    def check_k(self, k) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InferenceError(f"{self.run_dir}: k must be a positive integer, got {k!r}")
         if k > self.n_items:
@@ -388,7 +388,7 @@ class Recommender:
     def iter_recommend(self, users="all", k: int = 20, *, exclude_seen: bool | str = True, seed=None,
                        sampling: dict | None = None, batch_size: int | None = None) -> Iterator[Recommendations]:
         """:meth:`recommend` in batches (for exports that never hold all lists at once)."""
-        k = self._check_k(k)
+        k = self.check_k(k)
         rows = self.user_index(users)
         if exclude_seen not in (True, False, "all"):
             raise InferenceError(f"{self.run_dir}: exclude_seen must be True, False or 'all', got {exclude_seen!r}")
@@ -398,7 +398,7 @@ class Recommender:
         excl = {True: [self.data.train], False: [], "all": [self.data.train, self.data.valid, self.data.test]}[exclude_seen]
         for start in range(0, len(rows), bs):
             chunk = rows[start:start + bs]
-            width = _bucket(len(chunk), bs)
+            width = batch_bucket(len(chunk), bs)
             padded = np.zeros(width, np.int64)
             padded[: len(chunk)] = chunk
             x = self._dense([self.data.train], padded, width)
@@ -431,21 +431,23 @@ class Recommender:
         return list(histories)
 
     def recommend_histories(self, histories, k: int = 20, *, exclude_seen: bool = True, seed=0,
-                            sampling: dict | None = None) -> Recommendations:
+                            sampling: dict | None = None, row_ids=None) -> Recommendations:
         """Top-``k`` items for interaction histories given by the caller.
 
         Args:
           histories: a list; each entry is a list of raw item ids or a dense ``[n_items]`` vector
             of interaction values (0 = none).
           exclude_seen: never recommend an item of the given history.
-          seed: an int or a key; row ``n`` uses ``fold_in(key, n)``.
+          seed: an int or a key; row ``n`` uses ``fold_in(key, row_ids[n])``.
+          row_ids: ints selecting each row's randomness (default ``0..N-1``; the server passes 0,
+            so a request's answer does not depend on what it was batched with).
         """
         model = self._model(sampling)
-        if getattr(model, "needs_user_ids", False):
+        if not self.accepts_histories():
             raise InferenceError(
                 f"{self.run_dir}: {self.config.model.name!r} learns one embedding per training user and "
                 "cannot score a new history; use recommend(users) for known users")
-        k = self._check_k(k)
+        k = self.check_k(k)
         rows = self._history_rows(histories)
         x = np.zeros((len(rows), self.n_items), np.float32)
         for n, h in enumerate(rows):
@@ -462,19 +464,37 @@ class Recommender:
             if not (x[n] > 0).any():
                 raise InferenceError(f"{self.run_dir}: history {n} is empty")
         key = self._key(seed)
+        row_ids = _row_ids(row_ids, len(rows), self.run_dir)
         bs = self.batch_size
         parts_i, parts_s = [], []
         for start in range(0, len(rows), bs):
             xb = x[start:start + bs]
-            width = _bucket(len(xb), bs)
+            width = batch_bucket(len(xb), bs)
             xp = np.zeros((width, self.n_items), np.float32)
             xp[: len(xb)] = xb
-            ids = np.arange(start, start + width)
+            ids = np.zeros(width, np.int64)
+            ids[: len(xb)] = row_ids[start:start + len(xb)]
             idx, sc = self._run(model, k, xp, (xp > 0) if exclude_seen else np.zeros_like(xp), ids,
                                 np.zeros(width, np.int64), key)
             parts_i.append(idx[: len(xb)])
             parts_s.append(sc[: len(xb)])
         return Recommendations(self._raw_items(np.concatenate(parts_i)), np.concatenate(parts_s))
+
+    def raw_user(self, row: int):
+        """The dataset's id of internal user row ``row``."""
+        return self._raw_users(np.asarray([row]))[0]
+
+    def has_users(self) -> bool:
+        """Whether :meth:`recommend` can name users (sequential runs on sessions cannot)."""
+        return True
+
+    def accepts_histories(self) -> bool:
+        """Whether :meth:`recommend_histories` works (not for per-user embedding models)."""
+        return not getattr(self.model, "needs_user_ids", False)
+
+    def probe_history(self) -> list:
+        """A valid one-item history in the dataset's ids (for warm-ups and examples)."""
+        return [self._raw_items(np.asarray([self._item_range()[0]]))[0]]
 
     def describe(self) -> dict:
         """What was loaded (for logs, the command and the server's ``/health``)."""
@@ -501,7 +521,7 @@ class SequenceRecommender(Recommender):
     def _item_range(self):
         return self.data.item_ids
 
-    def _has_users(self) -> bool:
+    def has_users(self) -> bool:
         d = self.config.data
         if d.source == "diffurec_npz":
             return True
@@ -543,7 +563,7 @@ class SequenceRecommender(Recommender):
         V = int(self.data.num_embeddings)
         for start in range(0, len(seqs), bs):
             chunk = seqs[start:start + bs]
-            width = _bucket(len(chunk), bs)
+            width = batch_bucket(len(chunk), bs)
             seq, lengths = self._pack(chunk, width)
             ex = np.zeros((width, V), bool)
             if exclude_seen:
@@ -573,11 +593,11 @@ class SequenceRecommender(Recommender):
         ``exclude_seen`` (default False, as the evaluation: items may repeat) drops items of the
         sequence from the lists.
         """
-        if not self._has_users():
+        if not self.has_users():
             raise InferenceError(
                 f"{self.run_dir}: the run's data ({self.config.data.source}) holds sessions, not users; "
                 "use recommend_histories")
-        k = self._check_k(k)
+        k = self.check_k(k)
         rows = self.user_index(users)
         model = self._model(sampling)
         key = self._key(seed)
@@ -606,13 +626,13 @@ class SequenceRecommender(Recommender):
             users, k, exclude_seen=exclude_seen, seed=seed, sampling=sampling)))
 
     def recommend_histories(self, histories, k: int = 20, *, exclude_seen: bool = False, seed=0,
-                            sampling: dict | None = None) -> Recommendations:
+                            sampling: dict | None = None, row_ids=None) -> Recommendations:
         """Next items after each ordered history (raw item ids, oldest first).
 
         Histories longer than the run's ``max_len`` keep their most recent ``max_len`` items when
         the run's data did (``data.on_long="truncate"``) and are refused otherwise.
         """
-        k = self._check_k(k)
+        k = self.check_k(k)
         model = self._model(sampling)
         rows = self._history_rows(histories)
         L = int(self.data.max_len)
@@ -628,7 +648,8 @@ class SequenceRecommender(Recommender):
                 lim = MAX_HISTORY if h.size > MAX_HISTORY else L
                 raise InferenceError(f"{self.run_dir}: history {n} has {h.size} items (limit {lim})")
             seqs.append(self.item_index(h))
-        idx, sc = self._score_seqs(model, seqs, k, exclude_seen, np.arange(len(seqs)), self._key(seed))
+        idx, sc = self._score_seqs(model, seqs, k, exclude_seen, _row_ids(row_ids, len(seqs), self.run_dir),
+                                   self._key(seed))
         return Recommendations(self._raw_items(idx), sc)
 
 
@@ -658,6 +679,15 @@ class _ReadOnlyCheckpoint:
 
     def close(self):
         self._inner.manager.close()
+
+
+def _row_ids(row_ids, n: int, run_dir: str) -> np.ndarray:
+    if row_ids is None:
+        return np.arange(n, dtype=np.int64)
+    row_ids = np.asarray(row_ids, np.int64).reshape(-1)
+    if row_ids.shape[0] != n:
+        raise InferenceError(f"{run_dir}: {row_ids.shape[0]} row_ids for {n} histories")
+    return row_ids
 
 
 def _check_like(params, abstract, run_dir: str) -> None:

@@ -230,9 +230,12 @@ class Recommender:
                                 f"{config.model.name!r} (has {sorted(config.sampling)})")
                         config.sampling[name] = value
             try:
-                self._models[key] = self._build(config)
+                model = self._build(config)
             except (ValueError, TypeError, KeyError) as e:
                 raise InferenceError(f"{self.run_dir}: cannot build {config.model.name!r} from config.json: {e}") from None
+            if not getattr(model, "closed_form", False):  # init sets the module structure; no arrays made
+                self._abstract = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+            self._models[key] = model
         return self._models[key]
 
     def _restore(self, best_dir):
@@ -246,8 +249,8 @@ class Recommender:
                 params, model_state = state["params"], state["model_state"]
                 self._check_closed_form(params, best_dir)
                 return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, model_state), step
-            _, params0, model_state = self.model.init(jax.random.key(0))
-            abstract = jax.eval_shape(lambda: params0)
+            _, abstract, _ = self._abstract
+            _, _, model_state = self.model.init(jax.random.key(0))  # what training starts from
             try:
                 params, _ = ck.restore(step, abstract)
             except Exception as e:  # orbax raises ValueError/KeyError/... on a structure mismatch

@@ -281,7 +281,7 @@ class Recommender:
     def n_users(self) -> int:
         return int(self.data.n_users)
 
-    def _raw_items(self, idx: np.ndarray) -> np.ndarray:
+    def raw_items(self, idx: np.ndarray) -> np.ndarray:
         return idx if self.maps is None else self.maps.raw_items(idx)
 
     def _raw_users(self, idx: np.ndarray) -> np.ndarray:
@@ -408,7 +408,7 @@ class Recommender:
             ex = self._dense(excl, padded, width) if excl else np.zeros_like(x)
             idx, sc = self._run(model, k, x, ex, padded, padded, key)
             n = len(chunk)
-            yield Recommendations(self._raw_items(idx[:n]), sc[:n], self._raw_users(chunk))
+            yield Recommendations(self.raw_items(idx[:n]), sc[:n], self._raw_users(chunk))
 
     def recommend(self, users="all", k: int = 20, *, exclude_seen: bool | str = True, seed=None,
                   sampling: dict | None = None) -> Recommendations:
@@ -481,7 +481,7 @@ class Recommender:
                                 np.zeros(width, np.int64), key)
             parts_i.append(idx[: len(xb)])
             parts_s.append(sc[: len(xb)])
-        return Recommendations(self._raw_items(np.concatenate(parts_i)), np.concatenate(parts_s))
+        return Recommendations(self.raw_items(np.concatenate(parts_i)), np.concatenate(parts_s))
 
     def raw_user(self, row: int):
         """The dataset's id of internal user row ``row``."""
@@ -497,7 +497,7 @@ class Recommender:
 
     def probe_history(self) -> list:
         """A valid one-item history in the dataset's ids (for warm-ups and examples)."""
-        return [self._raw_items(np.asarray([self._item_range()[0]]))[0]]
+        return [self.raw_items(np.asarray([self._item_range()[0]]))[0]]
 
     def describe(self) -> dict:
         """What was loaded (for logs, the command and the server's ``/health``)."""
@@ -609,7 +609,7 @@ class SequenceRecommender(Recommender):
             chunk = rows[start:start + bs]
             seqs = [self._known_sequence(int(u)) for u in chunk]
             idx, sc = self._score_seqs(model, seqs, k, bool(exclude_seen), chunk, key)
-            yield Recommendations(self._raw_items(idx), sc, self._raw_users(chunk))
+            yield Recommendations(self.raw_items(idx), sc, self._raw_users(chunk))
 
     def _raw_users(self, idx):
         return idx if self.maps is None or self.maps.users.shape[0] != self.n_users else self.maps.users[idx]
@@ -653,7 +653,7 @@ class SequenceRecommender(Recommender):
             seqs.append(self.item_index(h))
         idx, sc = self._score_seqs(model, seqs, k, exclude_seen, _row_ids(row_ids, len(seqs), self.run_dir),
                                    self._key(seed))
-        return Recommendations(self._raw_items(idx), sc)
+        return Recommendations(self.raw_items(idx), sc)
 
 
 class _ReadOnlyCheckpoint:

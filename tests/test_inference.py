@@ -230,7 +230,7 @@ def test_per_user_embedding_models_refuse_new_histories(runs):
 def test_recommend_command(runs, tmp_path):
     pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
-    from experiments import recommend as cmd
+    from diffrec_jax import export as cmd
 
     rec = inference.load(runs["diffrec"], batch_size=32)
     out = tmp_path / "recs.parquet"

@@ -1008,3 +1008,42 @@ def load_movielens(
     )
     validate(data, source=str(path))
     return (data, uniq_u, uniq_i) if return_ids else data
+
+
+def load_movielens_titles(path: PathLike) -> dict:
+    """Movie titles of a MovieLens folder: ``{raw item id: title}``.
+
+    Reads ``u.item`` (ML-100K, ``id|title|date|...``, Latin-1) or ``movies.dat`` (ML-1M,
+    ``id::title::genres``, Latin-1) from ``path`` (the folder or the file). The ids are the raw
+    MovieLens ids, as :mod:`diffrec_jax.inference` returns them for ``source="movielens"`` runs.
+
+    Raises:
+        DataError: no titles file, or a line without an integer id and a title (with its number).
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = [path / f for f in ("u.item", "movies.dat") if (path / f).is_file()]
+        if not found:
+            raise DataError(f"{path}: no MovieLens titles file (u.item or movies.dat)")
+        path = found[0]
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; expected u.item or movies.dat")
+    sep = "::" if path.name == "movies.dat" else "|"
+    titles = {}
+    with open(path, encoding="latin-1") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split(sep)
+            try:
+                item = int(parts[0])
+            except ValueError:
+                raise DataError(f"{path}: line {n}: item id {parts[0]!r} is not an integer") from None
+            if len(parts) < 2 or not parts[1].strip():
+                raise DataError(f"{path}: line {n}: no title")
+            if item in titles:
+                raise DataError(f"{path}: line {n}: item {item} listed twice")
+            titles[item] = parts[1].strip()
+    if not titles:
+        raise DataError(f"{path}: no titles")
+    return titles

@@ -34,6 +34,8 @@ _REGISTRY: dict = {
     "lightgcn": "diffrec_jax.models.lightgcn:LightGCN",
     "diffkg": "diffrec_jax.models.diffkg:DiffKG",
     "dcdr": "diffrec_jax.models.dcdr:DCDR",
+    "bspm": "diffrec_jax.models.bspm:BSPM",
+    "giffcf": "diffrec_jax.models.giffcf:GiffCF",
 }
 
 

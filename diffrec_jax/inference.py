@@ -243,12 +243,13 @@ class Recommender:
         try:
             step = ck.latest_step()
             if getattr(self.model, "closed_form", False):
-                state, _ = ck.restore_untyped(step)
+                state, meta = ck.restore_untyped(step)
                 if not isinstance(state, dict) or set(state) != {"params", "model_state"}:
                     raise InferenceError(f"{self.run_dir}: {best_dir} does not hold a closed-form fit")
-                params, model_state = state["params"], state["model_state"]
-                self._check_closed_form(params, best_dir)
-                return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, model_state), step
+                params = jax.tree.map(jnp.asarray, state["params"])
+                model_state = jax.tree.map(jnp.asarray, state["model_state"])
+                self._check_closed_form(params, model_state, meta, best_dir)
+                return params, model_state, step
             _, abstract, _ = self._abstract
             _, _, model_state = self.model.init(jax.random.key(0))  # what training starts from
             try:
@@ -263,13 +264,28 @@ class Recommender:
         finally:
             ck.close()
 
-    def _check_closed_form(self, params, best_dir):
-        n = self.n_items
-        dims = {int(d) for leaf in jax.tree.leaves(params) for d in np.shape(leaf)}
-        if dims and n not in dims:
+    def _check_closed_form(self, params, model_state, meta, best_dir):
+        """The fit was made on data of this shape, and the model can score with it."""
+        for what, n in (("items", self.n_items), ("users", self.n_users)):
+            if f"n_{what}" in meta and int(meta[f"n_{what}"]) != n:
+                raise InferenceError(
+                    f"{self.run_dir}: the fit in {os.path.relpath(best_dir, self.run_dir)}/ was made on "
+                    f"{meta[f'n_{what}']} {what} but the run's data has {n}: the checkpoint does not match its config")
+        x = jax.ShapeDtypeStruct((1, self.n_items), jnp.float32)
+        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 1))
+        users = jax.ShapeDtypeStruct((1,), jnp.int32)
+        extra = {"user_ids_B": users} if getattr(self.model, "needs_user_ids", False) else {}
+        try:
+            out = jax.eval_shape(lambda p, s, x, k, **e: self.model.score(p, s, x, k, **e),
+                                 params, model_state, x, keys, **extra)
+        except Exception as e:  # a fit of another model or another config
             raise InferenceError(
-                f"{self.run_dir}: the fit in {best_dir} has shapes {sorted(dims)[:6]} but the dataset "
-                f"has {n} items: the checkpoint does not match its config")
+                f"{self.run_dir}: the fit in {os.path.relpath(best_dir, self.run_dir)}/ does not match "
+                f"config.json's {self.config.model.name!r} model: {type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300]}") from None
+        if tuple(out.shape) != (1, self.n_items):
+            raise InferenceError(f"{self.run_dir}: the fit scores {out.shape[-1]} items, the data has "
+                                 f"{self.n_items}: the checkpoint does not match its config")
 
     # -- ids --------------------------------------------------------------------------------
 

@@ -506,7 +506,8 @@ def _fit_closed_form(model, config, data: InteractionData, workdir: str) -> dict
     # the fit itself, so diffrec_jax.inference can load the run without fitting again
     best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
     try:
-        best.save(1, {"params": params, "model_state": model_state}, {"epoch": last, **res})
+        best.save(1, {"params": params, "model_state": model_state},
+                  {"epoch": last, "n_users": data.n_users, "n_items": data.n_items, **res})
     finally:
         best.close()
     write_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))

@@ -214,6 +214,13 @@ def test_bad_input_is_refused_naming_the_run(runs, tmp_path):
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(inference.InferenceError, match="does not match"):
         inference.load(str(other))
+    fit = tmp_path / "fit"
+    shutil.copytree(runs["ease"], fit)
+    cfg = json.loads((fit / "config.json").read_text())
+    cfg["data"]["synthetic"]["n_items"] += 10
+    (fit / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(inference.InferenceError, match="checkpoint does not match its config"):
+        inference.load(str(fit))
     with pytest.raises(inference.InferenceError, match="no such run"):
         inference.load(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
@@ -322,3 +329,27 @@ def test_server_answers_errors_and_restart(runs):
             proc.terminate()
             proc.wait(timeout=30)
     assert answers[0] == answers[1]
+
+
+@pytest.mark.slow
+def test_diffkg_run_reproduces_validation_metrics(tmp_path):
+    rng = np.random.default_rng(0)
+    n_items, n_ent = 20, 35
+    tr = np.stack([rng.integers(0, n_items, 60), rng.integers(0, 3, 60), rng.integers(n_items, n_ent, 60)], 1)
+    np.savetxt(tmp_path / "kg.txt", tr, fmt="%d")
+    c = test_config.get_config()
+    c.data.synthetic.update(n_users=30, n_items=n_items, n_factors=4, mean_items_per_user=6, seed=0)
+    c.model.name = "diffkg"
+    c.model.update(kg_path=str(tmp_path / "kg.txt"), emb_dim=8, dims=(16,), diff_batch=16, samples_per_user=3,
+                   triplet_num=2, keep_rate=1.0)
+    c.diffusion.update(steps=5, noise_scale=0.1, noise_min=1e-4, noise_max=0.02)
+    c.train.update(batch_size=16, num_epochs=2)
+    c.eval.update(topk=(5, 10), select_metric="recall@10")
+    wd = str(tmp_path / "run")
+    res = train.train_and_evaluate(c, wd)
+    rec = inference.load(wd)
+    out = rec.recommend("all", 10)
+    got = _recall_ndcg(out.items, rec.data.valid.binary().to_dense(), (5, 10))
+    assert got["recall@10"] == pytest.approx(res["valid"]["recall@10"], abs=1e-6)
+    with pytest.raises(inference.InferenceError, match="one embedding per training user"):
+        rec.recommend_histories([[1]], 5)

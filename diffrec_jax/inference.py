@@ -52,7 +52,8 @@ from diffrec_jax import models as model_registry
 from diffrec_jax.checkpointing import Checkpointer
 from diffrec_jax.data.interactions import DataError
 
-__all__ = ["InferenceError", "Recommendations", "Recommender", "load", "MAX_HISTORY"]
+__all__ = ["InferenceError", "ListRecommender", "Recommendations", "Recommender", "SequenceRecommender", "load",
+           "MAX_HISTORY"]
 
 # Histories longer than this are refused whatever the model (a request-size guard; a
 # sequential model reads at most its max_len most recent items anyway).
@@ -161,9 +162,11 @@ def load(run_dir: str, *, data_dir: str | None = None, seed: int | None = None,
             config.data.dir = os.path.abspath(data_dir)
     task = config.get("task", "interactions")
     if task == "rerank":
-        raise InferenceError(
-            f"{run_dir}: a rerank (DCDR) run generates lists from a request's candidate set, not "
-            "top-K over a catalogue; use diffrec_jax.rerank_train on its requests")
+        best = os.path.join(run_dir, "best")
+        if not os.path.isdir(best) or not any(n.isdigit() for n in os.listdir(best)):
+            raise InferenceError(f"{run_dir}: no checkpoint in best/ (a rerank run saves its generator "
+                                 "and evaluator there when training ends)")
+        return ListRecommender(run_dir, config, best)
     if task not in ("interactions", "sequential"):
         raise InferenceError(f"{run_dir}: unknown task {task!r} in config.json")
     try:
@@ -670,6 +673,112 @@ class SequenceRecommender(Recommender):
         idx, sc = self._score_seqs(model, seqs, k, exclude_seen, _row_ids(row_ids, len(seqs), self.run_dir),
                                    self._key(seed))
         return Recommendations(self.raw_items(idx), sc)
+
+
+class ListRecommender:
+    """A trained DCDR run (``task="rerank"``): generates a list from each request's candidates.
+
+    The run's world (users, items, histories) is regenerated from its ``config.data`` (seeded),
+    so users and items are the world's ids.
+    """
+
+    task = "rerank"
+
+    def __init__(self, run_dir, config, best_dir):
+        from diffrec_jax import rerank_train
+        from diffrec_jax.models import dcdr
+
+        self.run_dir, self.config = run_dir, config
+        try:
+            dcdr.DCDR.validate_config(config)
+            self.world = rerank_train.make_world(config.data)
+            self.model = dcdr.DCDR(config, self.world)
+            self.evaluator = dcdr.ListEvaluator(config, self.world)
+        except (ValueError, TypeError, KeyError) as e:
+            raise InferenceError(f"{run_dir}: cannot build DCDR from config.json: {e}") from None
+        abstract = {"dcdr": jax.eval_shape(lambda: self.model.init(jax.random.key(0)))[1],
+                    "evaluator": jax.eval_shape(lambda: self.evaluator.init(jax.random.key(0)))[1]}
+        ck = _ReadOnlyCheckpoint(best_dir)
+        try:
+            self.epoch = ck.latest_step()
+            try:
+                state, _ = ck.restore(self.epoch, abstract)
+            except Exception as e:
+                raise InferenceError(f"{run_dir}: the checkpoint in best/ does not match config.json's DCDR: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        finally:
+            ck.close()
+        _check_like(state, abstract, run_dir)
+        self.params, self.eparams = state["dcdr"], state["evaluator"]
+        self._logits = jax.jit(self.evaluator.logits)
+
+    @property
+    def n(self) -> int:
+        """Candidates per request."""
+        return int(self.world.n)
+
+    def rerank(self, users, candidates, *, initial=None, condition: str | None = None, seed=None) -> Recommendations:
+        """The DCDR list for each request.
+
+        Args:
+          users: ``[R]`` user ids of the world.
+          candidates: ``[R, n]`` distinct item ids per request, in the ranking stage's order.
+          initial: ``[R, n]`` the initial list as positions into ``candidates`` (default: their
+            order).
+          condition: the response condition (``all_positive``, ``all_negative``, ``top_k``;
+            default the run's ``infer.condition``).
+          seed: the sampler seed (default the run's ``infer.seed``).
+
+        Returns:
+          ``items [R, n]`` the generated list, ``scores [R, n]`` the evaluator's click probability
+          of each slot.
+        """
+        from diffrec_jax import rerank_train
+        from diffrec_jax.models import dcdr
+
+        w, run = self.world, self.run_dir
+        users = np.atleast_1d(np.asarray(users))
+        cands = np.asarray(candidates)
+        if cands.ndim != 2 or cands.shape != (users.shape[0], self.n):
+            raise InferenceError(f"{run}: candidates must be [{users.shape[0]}, {self.n}] (one row of "
+                                 f"{self.n} items per user), got shape {list(cands.shape)}")
+        if users.dtype.kind not in "iu" or cands.dtype.kind not in "iu":
+            raise InferenceError(f"{run}: user and item ids are integers here")
+        if ((users < 0) | (users >= w.n_users)).any():
+            raise InferenceError(f"{run}: unknown user {users[(users < 0) | (users >= w.n_users)][0].item()!r} "
+                                 f"(users are 0..{w.n_users - 1})")
+        if ((cands < 0) | (cands >= w.n_items)).any():
+            raise InferenceError(f"{run}: unknown item {cands[(cands < 0) | (cands >= w.n_items)][0].item()!r} "
+                                 f"(items are 0..{w.n_items - 1})")
+        if any(len(set(r.tolist())) != self.n for r in cands):
+            raise InferenceError(f"{run}: a request lists the same candidate twice")
+        init = np.tile(np.arange(self.n, dtype=np.int32), (len(users), 1)) if initial is None else np.asarray(initial)
+        if init.shape != cands.shape or any(sorted(r.tolist()) != list(range(self.n)) for r in init):
+            raise InferenceError(f"{run}: initial must be a permutation of 0..{self.n - 1} per request")
+        cond = condition or self.config.infer.get("condition", "all_positive")
+        if cond not in rerank_train.CONDITIONS or cond == "observed":
+            raise InferenceError(f"{run}: condition must be one of "
+                                 f"{[c for c in rerank_train.CONDITIONS if c != 'observed']} (a request has no "
+                                 f"observed responses), got {cond!r}")
+        arrays = {"user": jnp.asarray(users, jnp.int32), "cands": jnp.asarray(cands, jnp.int32),
+                  "hist": jnp.asarray(w.history[users]), "init": jnp.asarray(init, jnp.int32)}
+        if bool(self.config.get("init_rank_feature", True)):
+            arrays["rank"] = dcdr.init_rank(arrays["init"])
+        icfg = self.config.infer
+        if seed is not None:
+            icfg = icfg.copy_and_resolve_references()
+            with icfg.unlocked():
+                icfg.seed = int(seed)
+        out = rerank_train.run_dcdr_inference(self.model, self.params, self.evaluator, self.eparams, arrays,
+                                              len(users), cond, icfg)
+        lists = out["lists"]
+        ctx = dcdr.Context(arrays["user"], arrays["cands"], arrays["hist"], arrays.get("rank"))
+        probs = jax.nn.sigmoid(self._logits(self.eparams, ctx, jnp.asarray(lists))[:, :, 0])
+        return Recommendations(np.take_along_axis(cands, lists, 1), np.asarray(probs, np.float32), users)
+
+    def describe(self) -> dict:
+        return {"run": self.run_dir, "task": self.task, "model": "dcdr", "candidates": self.n,
+                "users": int(self.world.n_users), "items": int(self.world.n_items), "epoch": self.epoch}
 
 
 class _ReadOnlyCheckpoint:

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from diffrec_jax.checkpointing import Checkpointer
 from diffrec_jax.data import rerank_synthetic as RS
 from diffrec_jax.models import dcdr as D
 
@@ -370,6 +371,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  dp0, tr, epochs=int(tcfg.num_epochs), batch_size=int(tcfg.batch_size), lr=float(tcfg.lr),
                  seed=seed * 1000 + 13, name="dcdr", writer=writer, **fit_kw)
     timings["dcdr_train_s"] = time.perf_counter() - t0
+    # the trained generator and evaluator, for diffrec_jax.inference (list generation on request)
+    best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+    try:
+        best.save(int(tcfg.num_epochs), {"dcdr": dp, "evaluator": ep}, {"epoch": int(tcfg.num_epochs)})
+    finally:
+        best.close()
 
     # 4. test lists and their exact utility
     def exact(lists):

@@ -353,3 +353,36 @@ def test_diffkg_run_reproduces_validation_metrics(tmp_path):
     assert got["recall@10"] == pytest.approx(res["valid"]["recall@10"], abs=1e-6)
     with pytest.raises(inference.InferenceError, match="one embedding per training user"):
         rec.recommend_histories([[1]], 5)
+
+
+@pytest.mark.slow
+def test_dcdr_run_reproduces_its_lists(tmp_path):
+    from diffrec_jax import rerank_train
+    from diffrec_jax.data import rerank_synthetic
+    from configs import dcdr_synthetic
+
+    c = dcdr_synthetic.get_config()
+    c.data.update(dict(n_users=60, n_items=150, n_cats=5, n=5, n_train=400, n_valid=60, n_test=40))
+    c.model.update(dict(steps=4, emb_dim=16, n_layers=1, n_heads=2))
+    for g in (c.evaluator, c.pointwise):
+        g.emb_dim = 16
+    c.evaluator.n_layers, c.evaluator.n_heads = 1, 2
+    c.train.update(dict(num_epochs=1, evaluator_epochs=1, pointwise_epochs=1, batch_size=128))
+    c.infer.update(dict(t_start=4, batch_size=20))
+    c.eval.update(dict(n_requests=40, ideal_requests=0))
+    wd = str(tmp_path / "run")
+    res = rerank_train.train_and_evaluate(c, wd)
+    rec = inference.load(wd)
+    te = rec.world.test
+    out = rec.rerank(te.user, te.cands, initial=te.init)
+    # the lists as positions into the candidates, scored with the world's true click model
+    lists = np.array([[row.tolist().index(i) for i in o] for row, o in zip(te.cands, out.items)])
+    u = rerank_synthetic.expected_clicks(rec.world, te.user, te.cands, lists)
+    assert u.mean() == pytest.approx(res["expected_clicks"]["dcdr"], abs=1e-9)
+    assert out.scores.shape == (40, 5) and ((out.scores >= 0) & (out.scores <= 1)).all()
+    with pytest.raises(inference.InferenceError, match="twice"):
+        rec.rerank([0], [[1, 1, 2, 3, 4]])
+    with pytest.raises(inference.InferenceError, match="unknown item"):
+        rec.rerank([0], [[1, 2, 3, 4, 10_000]])
+    with pytest.raises(inference.InferenceError, match="condition"):
+        rec.rerank([0], [[1, 2, 3, 4, 5]], condition="observed")

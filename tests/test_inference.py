@@ -386,3 +386,15 @@ def test_dcdr_run_reproduces_its_lists(tmp_path):
         rec.rerank([0], [[1, 2, 3, 4, 10_000]])
     with pytest.raises(inference.InferenceError, match="condition"):
         rec.rerank([0], [[1, 2, 3, 4, 5]], condition="observed")
+
+
+def test_each_replica_of_a_several_seed_run(tmp_path):
+    c = _interaction_config("diffrec")
+    c.num_seeds = 2
+    res = train.train_and_evaluate(c, str(tmp_path / "k2"))
+    for i, s in enumerate(res["seeds"]):
+        rec = inference.load(str(tmp_path / "k2"), seed=s)
+        got = _recall_ndcg(rec.recommend("all", 20).items, rec.data.valid.binary().to_dense(), (20,))
+        assert got["recall@20"] == pytest.approx(res["per_seed"][i]["valid"]["recall@20"], abs=1e-6)
+    with pytest.raises(inference.InferenceError, match="seed 99 was not trained here"):
+        inference.load(str(tmp_path / "k2"), seed=99)

@@ -17,6 +17,16 @@ Variants (``:faithful``, the default, or ``:corrected``):
   built from histories of similar length and cut to widths 4/8/16/32/50 (about 4.5x fewer tokens
   on Beauty; identical results for evaluation).
 
+* collapsed (a named variant, not the paper): the faithful model, but padding is collapsed into one
+  column in training *and* evaluation (``train.collapse_padding``, ``eval.collapse_padding``), with
+  length-bucketed training batches. In evaluation the collapse is exact up to the per-position
+  lambda draws of the padding; in training the padding columns also share one dropout draw (see
+  ``diffrec_jax.models.diffurec``). About 5x fewer tokens on Beauty.
+
+``--config.eval.collapse_padding=True`` on the faithful config evaluates the faithful model with
+the padding collapsed (same model, same training; histories batched by the width they need, from
+``eval.length_buckets``).
+
 ``--config.sampling.mode=one_step`` replaces the 32-step reverse process by one Approximator call
 (32x cheaper evaluation; see ``diffrec_jax.models.diffurec.measure_reverse_effect``).
 """
@@ -30,10 +40,18 @@ from configs import default
 _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "diffurec", "amazon_beauty")
 
 
+# widths of the collapsed form's batches (plus L = 50): training compiles one program per width,
+# evaluation cuts rows sorted by need into batches of 512, each at the smallest width holding it
+TRAIN_WIDTHS = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40)
+EVAL_WIDTHS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 18, 20, 24, 28, 32, 40)
+VARIANTS = ("faithful", "corrected", "collapsed")
+
+
 def get_config(variant: str = "faithful"):
-    if variant not in ("faithful", "corrected"):
-        raise ValueError(f"variant must be 'faithful' or 'corrected', got {variant!r}")
-    faithful = variant == "faithful"
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    collapsed = variant == "collapsed"
+    faithful = variant in ("faithful", "collapsed")
     c = default.get_config()
     c.task = "sequential"
     c.seed = 1997  # the reference's seed
@@ -75,7 +93,9 @@ def get_config(variant: str = "faithful"):
     c.train.sampling = "permutation"
     c.train.scan_steps = 16  # 257 steps per epoch
     # corrected: batches of similar history length cut to that width (exact with the key mask)
-    c.train.length_buckets = () if faithful else (4, 8, 16, 32)
+    c.train.length_buckets = (4, 8, 16, 32) if variant == "corrected" else TRAIN_WIDTHS if collapsed else ()
+    # collapsed variant: one padding column with bias log(#pads) in training (not the reference)
+    c.train.collapse_padding = collapsed
     c.train.max_to_keep = 2
 
     c.eval = ml_collections.ConfigDict()
@@ -89,4 +109,7 @@ def get_config(variant: str = "faithful"):
     c.eval.drop_remainder_of = 0
     c.eval.batch_mean_of = 512
     c.eval.test_at_end = True
+    # exact for evaluation when the padding's lambda draws are equal (diffrec_jax.models.diffurec)
+    c.eval.collapse_padding = collapsed
+    c.eval.length_buckets = EVAL_WIDTHS if faithful else ()  # () -> train.length_buckets
     return c

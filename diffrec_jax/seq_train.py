@@ -185,6 +185,57 @@ def length_buckets(lengths_N: np.ndarray, buckets, max_len: int) -> tuple[np.nda
     return np.searchsorted(np.asarray(widths), lengths_N, side="left"), widths
 
 
+def needed_widths(model, lengths_N: np.ndarray, *, train: bool) -> np.ndarray | None:
+    """History columns each row needs (``model.needed_width``, else its length for a
+    ``length_invariant`` model), or None when every row needs all ``L`` columns."""
+    f = getattr(model, "needed_width", None)
+    if f is not None:
+        return f(lengths_N, train=train)
+    return np.asarray(lengths_N) if getattr(model, "length_invariant", False) else None
+
+
+def eval_length_buckets(config) -> tuple:
+    """``config.eval.length_buckets`` if set, else ``config.train.length_buckets``."""
+    b = config.eval.get("length_buckets") or config.train.get("length_buckets") or ()
+    return tuple(int(x) for x in b)
+
+
+def eval_plan(model, n: int, batch_size: int, *, lengths: np.ndarray | None = None, buckets=(),
+              max_len: int | None = None) -> list[tuple[int | None, np.ndarray]]:
+    """Groups of rows evaluated together and their history width (None: all ``L`` columns).
+
+    * No buckets, or a model that needs every column: one group of all rows.
+    * A length-invariant model: one group per bucket width (the smallest ``>=`` each row's length).
+    * Collapsed padding (``model.collapse_eval``): rows sorted by the width they need (stable), cut
+      into chunks of ``batch_size``; each chunk uses the smallest bucket width that holds its
+      largest need, so only the last chunk is padded and no width is padded per bucket.
+    """
+    need = None
+    if buckets and lengths is not None:
+        need = needed_widths(model, np.asarray(lengths[:n]), train=False)
+    if need is None:
+        return [(None, np.arange(n))]
+    widths = np.asarray(length_buckets(need, buckets, max_len)[1])
+    if not getattr(model, "collapse_eval", False):
+        bucket_N = np.searchsorted(widths, need, side="left")
+        groups = [(int(widths[b]), np.flatnonzero(bucket_N == b)) for b in range(len(widths))]
+    else:
+        order = np.argsort(need, kind="stable")
+        groups = []
+        for s0 in range(0, n, batch_size):
+            rows = order[s0 : s0 + batch_size]
+            groups.append((int(widths[np.searchsorted(widths, need[rows].max(), side="left")]), rows))
+    return [(None if w == max_len else w, rows) for w, rows in groups if rows.size]
+
+
+def train_bucket_index(model, data: SequenceData, buckets) -> tuple[np.ndarray, tuple] | None:
+    """``length_buckets`` of the training rows' needed widths (None: the model needs all columns)."""
+    need = needed_widths(model, data.train.lengths, train=True)
+    if need is None or data.pad_side != "left":
+        return None
+    return length_buckets(need, buckets, data.max_len)
+
+
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
@@ -409,18 +460,14 @@ def eval_split(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_
     """Full-ranking HR/NDCG of one split; ``{"exact": {...}, "reference": {...}}``.
 
     With ``buckets`` (and the rows' ``lengths``), rows are evaluated in groups of similar history
-    length, each with only its last ``width`` columns (length-invariant models only); row ``n`` still
-    uses ``fold_in(key, n)`` and the values are put back in row order before averaging.
+    length, each with only its last ``width`` columns (length-invariant models, or DiffuRec's
+    collapsed padding; see :func:`eval_plan`); row ``n`` still uses ``fold_in(key, n)`` and the
+    values are put back in row order before averaging.
     """
     ks = tuple(int(k) for k in ecfg.topk)
     score_padding = bool(ecfg.get("score_padding", True))
     bs = min(int(ecfg.batch_size), n)
-    if buckets and lengths is not None:
-        bucket_N, widths = length_buckets(lengths[:n], buckets, max_len)
-        groups = [(widths[b], np.flatnonzero(bucket_N == b)) for b in range(len(widths))]
-        groups = [(None if w == max_len else w, rows) for w, rows in groups]
-    else:
-        groups = [(None, np.arange(n))]
+    groups = eval_plan(model, n, bs, lengths=lengths, buckets=buckets, max_len=max_len)
     names = metric_names(ks)
     vals = np.zeros((n, len(names)), np.float32)
     for width, rows in groups:
@@ -437,6 +484,26 @@ def eval_split(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_
         batch_mean_of=int(ecfg.get("batch_mean_of", 0) or 0),
     )
     return {"exact": exact, "reference": ref}
+
+
+def compile_eval_plan(model, params, model_state, arrays: dict, n: int, ecfg, key, pad_id: int, *,
+                      lengths=None, buckets=(), max_len=None) -> dict:
+    """Runs one batch of every width :func:`eval_split` would use (compiling each once).
+
+    Returns ``{width: (jitted step, number of batches at that width)}`` (width None: all columns).
+    """
+    ks = tuple(int(k) for k in ecfg.topk)
+    score_padding = bool(ecfg.get("score_padding", True))
+    bs = min(int(ecfg.batch_size), n)
+    out: dict = {}
+    for width, rows in eval_plan(model, n, bs, lengths=lengths, buckets=buckets, max_len=max_len):
+        idx, _ = padded_batches(rows.astype(np.int32), bs)
+        step = _cached_eval_step(model, ks, pad_id, score_padding, width)
+        if width not in out:
+            jax.block_until_ready(step(params, model_state, arrays, idx[0], key))
+            out[width] = [step, 0]
+        out[width][1] += idx.shape[0]
+    return {w: tuple(v) for w, v in out.items()}
 
 
 _EVAL_CACHE: dict = {}
@@ -486,16 +553,18 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
     N, bs = len(data.train), min(int(t_cfg.batch_size), len(data.train))
     steps_per_epoch = math.ceil(N / bs) if sampling == "permutation" else max(1, N // bs)
     buckets = tuple(int(b) for b in (t_cfg.get("length_buckets") or ()))
+    e_buckets = eval_length_buckets(config)
     if buckets:
-        bucket_N, widths = length_buckets(data.train.lengths, buckets, data.max_len)
+        tb = train_bucket_index(get_model(config, data), data, buckets)
+        if tb is None:
+            raise ValueError(
+                "config.train.length_buckets needs left-padded data and a model whose output does not "
+                f"depend on padding (e.g. DiffuRec with mask_mode='key' and no positions, or with "
+                f"train.collapse_padding); got {config.model.name} on {data.pad_side}-padded {data.name!r}"
+            )
+        bucket_N, widths = tb
         steps_per_epoch = int(sum(math.ceil(np.sum(bucket_N == b) / bs) for b in range(len(widths))))
     model, tx, get_chunk = _compiled_parts(config, data, steps_per_epoch)
-    if buckets and not (data.pad_side == "left" and getattr(model, "length_invariant", False)):
-        raise ValueError(
-            "config.train.length_buckets needs left-padded data and a model whose output does not "
-            f"depend on padding (e.g. DiffuRec with mask_mode='key' and no positions); got "
-            f"{config.model.name} on {data.pad_side}-padded {data.name!r}"
-        )
     chunk_fn = get_chunk(None)
     seed = int(config.seed)
     k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
@@ -531,7 +600,7 @@ def train_and_evaluate(config, workdir: str, *, data: SequenceData | None = None
         }[which]
         lengths = {"valid": data.valid.lengths, "test": data.test.lengths}[which]
         return eval_split(model, params, model_state, arrays, n, e_cfg, key, data.pad_id,
-                          lengths=lengths, buckets=buckets, max_len=data.max_len)
+                          lengths=lengths, buckets=e_buckets, max_len=data.max_len)
 
     bar = _progress(t_cfg.num_epochs * steps_per_epoch, meta["epoch"] * steps_per_epoch)
     epoch = meta["epoch"]
@@ -689,7 +758,7 @@ def evaluate_checkpoint(config, workdir: str, *, splits=("valid", "test"), step:
     data = load_seq_data(config.data) if data is None else data
     model, params, model_state, step = restore_best(config, data, workdir, step)
     _, _, k_eval = jax.random.split(jax.random.key(int(config.seed)), 3)
-    buckets = tuple(int(b) for b in (config.train.get("length_buckets") or ()))
+    buckets = eval_length_buckets(config)
     out: dict[str, Any] = {"epoch": step}
     for i, which in enumerate(("valid", "test")):
         if which not in splits:
@@ -757,11 +826,13 @@ def measure_speed(config, *, train_steps: int | None = None, eval_rows: int | No
     N, bs = len(data.train), min(int(t_cfg.batch_size), len(data.train))
     steps_per_epoch = math.ceil(N / bs) if sampling == "permutation" else max(1, N // bs)
     buckets = tuple(int(b) for b in (t_cfg.get("length_buckets") or ()))
+    e_buckets = eval_length_buckets(config)
     k_init, k_train, k_eval = jax.random.split(jax.random.key(int(config.seed)), 3)
     arrays = split_arrays(data.train)
     out = {"model": config.model.name, "dataset": data.name, "jax_backend": jax.default_backend()}
-    if buckets:
-        bucket_N, widths = length_buckets(data.train.lengths, buckets, data.max_len)
+    tb = train_bucket_index(model, data, buckets) if buckets else None
+    if tb is not None:
+        bucket_N, widths = tb
         per_w = [int(math.ceil(np.sum(bucket_N == b) / bs)) for b in range(len(widths))]
         steps_per_epoch = int(sum(per_w))
         tx = make_seq_optimizer(config.optim, steps_per_epoch)
@@ -811,18 +882,11 @@ def measure_speed(config, *, train_steps: int | None = None, eval_rows: int | No
         pick = np.sort(rng.choice(len(sp), rows, replace=False)) if rows < len(sp) else np.arange(rows)
         sub = SeqSplit(sp.seq[pick], sp.lengths[pick], sp.targets[pick])
         arr = split_arrays(sub)
-        kw = dict(lengths=sub.lengths, buckets=buckets, max_len=data.max_len)
-        # warm-up: the same array shapes and batch size, one row of every width first, so the
-        # timed call compiles nothing
-        warm = min(int(e_cfg.batch_size), rows)
-        first = []
-        if buckets:
-            bN, _ = length_buckets(sub.lengths, buckets, data.max_len)
-            first = [int(np.flatnonzero(bN == b)[0]) for b in np.unique(bN)]
-        order = np.concatenate([first, np.setdiff1d(np.arange(rows), first)]).astype(np.int32)
-        perm = {k: v[jnp.asarray(order)] for k, v in arr.items()}
-        eval_split(model, state.params, state.model_state, perm, warm, e_cfg, k_eval, data.pad_id,
-                   **dict(kw, lengths=sub.lengths[order]))
+        kw = dict(lengths=sub.lengths, buckets=e_buckets, max_len=data.max_len)
+        # warm-up: one batch of every width the timed pass uses, same shapes, so the timed call
+        # compiles nothing
+        compile_eval_plan(model, state.params, state.model_state, arr, rows, e_cfg, k_eval,
+                          data.pad_id, **kw)
         t0, c0 = time.perf_counter(), time.process_time()
         eval_split(model, state.params, state.model_state, arr, rows, e_cfg, k_eval, data.pad_id, **kw)
         et, ec = time.perf_counter() - t0, time.process_time() - c0

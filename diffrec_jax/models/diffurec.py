@@ -20,6 +20,35 @@ Faithful to the code described in ``shared/specs/diffurec.md``:
   cheap approximation, 32x fewer passes); :func:`measure_reverse_effect` measures how much the 32
   reverse steps change the output and the ranking on trained parameters.
 
+Collapsed padding (``eval.collapse_padding``; ``train.collapse_padding`` for the named variant).
+With the query mask, no positions and dropout off, a history of ``R < L`` items has ``P = L - R``
+padding columns whose Transformer inputs ``LN(E[0]) + lambda_i z`` are identical whenever their
+lambda draws are. By induction over the blocks they stay identical:
+
+* a padded *query* row is masked entirely, so it attends uniformly, ``(sum_real v_j + P v_pad) / L``,
+  the same for every padding column; LayerNorms, the FFN and the residuals act column-wise;
+* a real query attends to the ``P`` equal keys with ``P exp(q k_pad) = exp(q k_pad + log P)``.
+
+The padded rows *do* matter: their outputs are the next block's keys and values at the padding
+columns, which the real columns read (the spec's "padding keys" check: 95 % of the output moves when
+``E[0]`` is redrawn); only in the last block, computed at column ``L-1`` alone, are they unused.
+So the ``L``-column forward equals one over the ``R`` real columns plus one *pad slot* with the
+attention bias ``log P`` (:func:`collapsed_padding_bias`), where a masked query row's logits are the
+bias alone (uniform over the ``L`` original columns: weight ``1/L`` per item, ``P/L`` for the slot).
+Columns left of the slot in a wider batch are dead (bias ``-1e9``). A row needs
+``min(R + 1, L)`` columns (:func:`collapsed_width`); batches are built from rows of similar need
+(``seq_train.eval_plan``). Tested to float tolerance against the full form with lambda at its mean
+(``lambda_std = 0``), through the 32-step chain, on every length 1..50 and on truncated histories.
+With the reference's per-position draws it is not exact: the slot uses the draw of column
+``L-R-1`` (the padding next to the items) for all pads, the real columns keep their own; how far
+the metrics move is measured against the spread of repeated faithful evaluations
+(``experiments/diffurec_collapsed.py``, ``results/diffurec_collapsed/``). In training
+(the variant) the pads additionally differ by dropout (embedding 0.3, attention, residual, block
+output): there the slot draws one dropout mask for all pads, and attention dropout drops the pads'
+summed weight at once; the variant is therefore a different (if close) stochastic model, not the
+reference, and its batches are length-bucketed (``train.length_buckets``), so their composition
+differs from the reference's uniform shuffles too.
+
 Reference quirks and the switches (faithful default first):
 
 1. Padding is masked on *query rows* (padded queries attend uniformly, real queries attend to the
@@ -105,12 +134,13 @@ class DiffuRecNet(nnx.Module):
         return self.time2(jax.nn.silu(self.time1(s)))
 
     def approximator(self, S_BxLxH, mask_BxL, x_t_BxH, t_B, T, lam_mean, lam_std, lam_key, key=None,
-                     full_len: int | None = None):
+                     full_len: int | None = None, key_bias_BxL=None):
         """``x0_hat = f(S, x_t, t)``: ``[B, H]`` at column ``L-1``.
 
         ``lam_key`` (one key or per-example keys) draws ``lambda ~ N(mean, std)`` ``[B, L, H]``;
         with ``full_len`` it is drawn for ``full_len`` columns and the last ``L`` are used, so a
         history cut to its last ``L`` columns sees the same values as the full one.
+        ``key_bias_BxL``: the collapsed-padding attention bias (:func:`collapsed_padding_bias`).
         """
         z = x_t_BxH + self.time_emb(t_B, T)
         shape = S_BxLxH.shape
@@ -122,7 +152,31 @@ class DiffuRecNet(nnx.Module):
         lam = lam_mean + lam_std * noise[:, lam_shape[0] - shape[1]:]
         h = S_BxLxH + lam * z[:, None, :]
         last = jnp.full((shape[0],), shape[1] - 1, jnp.int32)
-        return self.encoder.encode(h, mask_BxL, key, last)
+        return self.encoder.encode(h, mask_BxL, key, last, key_bias_BxL)
+
+
+def collapsed_padding_bias(mask_BxW: jnp.ndarray, full_len: int) -> jnp.ndarray:
+    """Attention bias ``[B, W]`` that makes a ``W``-column history stand for its ``full_len``-column one.
+
+    Row ``b`` holds ``R = sum(mask[b])`` real items in its last ``R`` columns (left padding). With
+    ``R < W`` the column ``W-1-R`` is the *pad slot*: it stands for the ``P = full_len - R`` padding
+    columns of the full history and gets bias ``log P``; real columns get 0; the columns left of the
+    slot are *dead* (bias ``-1e9``: weight exactly 0 as keys; as queries they are masked and never
+    read). With ``R = W`` there is no slot and no bias (needs ``W = full_len``, or ``R > full_len``
+    items were kept, which the loaders never do). The caller must give ``W >= min(R + 1, full_len)``.
+    """
+    W = mask_BxW.shape[1]
+    R = jnp.sum(mask_BxW, axis=1).astype(jnp.int32)
+    pos = jnp.arange(W)[None, :]
+    pads = (full_len - R).astype(jnp.float32)[:, None]
+    slot = pos == (W - 1 - R)[:, None]
+    return jnp.where(mask_BxW, 0.0, jnp.where(slot, jnp.log(jnp.maximum(pads, 1.0)), -1e9))
+
+
+def collapsed_width(lengths_N: np.ndarray, full_len: int) -> np.ndarray:
+    """Columns a history of ``lengths_N`` items needs in the collapsed form: ``min(len + 1, full_len)``
+    (its items, kept to the last ``full_len``, plus one pad slot when it is shorter than that)."""
+    return np.minimum(np.asarray(lengths_N) + 1, full_len)
 
 
 class DiffuRec:
@@ -149,7 +203,21 @@ class DiffuRec:
         # With the key-padding mask and no positions, padding columns never reach the output:
         # histories may be cut to any width >= their length (length bucketing).
         self.length_invariant = self.mcfg.get("mask_mode", "query") == "key" and not self.mcfg.get("pos_emb", False)
+        # collapsed padding (query mask): evaluation and, as a named variant, training
+        self.collapse_eval = bool(config.eval.get("collapse_padding", False))
+        self.collapse_train = bool(config.train.get("collapse_padding", False))
         self.graphdef = None
+
+    def needed_width(self, lengths_N: np.ndarray, *, train: bool) -> np.ndarray | None:
+        """History columns row ``n`` needs for an exact (or, in training, the variant's) forward:
+        its length (key mask), ``min(len + 1, L)`` (collapsed padding), or None when every row needs
+        all ``L`` columns (the faithful query mask)."""
+        lengths_N = np.minimum(np.asarray(lengths_N), self.L)
+        if self.length_invariant:
+            return lengths_N
+        if self.collapse_train if train else self.collapse_eval:
+            return collapsed_width(lengths_N, self.L)
+        return None
 
     @staticmethod
     def validate_config(config: Any) -> None:
@@ -165,6 +233,17 @@ class DiffuRec:
         for f in ("dropout", "emb_dropout"):
             if not 0.0 <= m.get(f, 0.0) < 1.0:
                 raise ValueError(f"config.model.{f} must be in [0, 1), got {m[f]}")
+        for field in ("eval", "train"):
+            if not config[field].get("collapse_padding", False):
+                continue
+            if m.get("mask_mode", "query") != "query":
+                raise ValueError(
+                    f"config.{field}.collapse_padding needs model.mask_mode='query' (with the key mask "
+                    "padding is already ignored: use config.train.length_buckets)")
+            if m.get("pos_emb", False):
+                raise ValueError(
+                    f"config.{field}.collapse_padding needs model.pos_emb=False (positions make the "
+                    "padding columns differ)")
 
     def init(self, key):
         net = DiffuRecNet(self.V, self.L, self.mcfg, nnx.Rngs(params=key))
@@ -185,7 +264,9 @@ class DiffuRec:
         t_B = jax.random.randint(k_t, (B,), 0, self.T)
         x0 = E[tgt]
         x_t = dif.q_sample(self.schedule, x0, t_B, jax.random.normal(k_eps, x0.shape))
-        x0_hat = net.approximator(S, mask, x_t, t_B, self.T, self.lam_mean, self.lam_std, k_lam, k_drop)
+        bias = collapsed_padding_bias(mask, self.L) if self.collapse_train else None
+        x0_hat = net.approximator(S, mask, x_t, t_B, self.T, self.lam_mean, self.lam_std, k_lam, k_drop,
+                                  key_bias_BxL=bias)
         logits = x0_hat @ E.T
         loss_B = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tgt[:, None], 1)[:, 0]
         m = mask_B.astype(jnp.float32)
@@ -202,21 +283,23 @@ class DiffuRec:
         B, H = S.shape[0], S.shape[2]
         lam_keys = fold(keys_B, 3)
         mode = self.mode if mode is None else mode
+        # collapsed padding: the batch may be cut to any width >= min(len + 1, L) (collapsed_width)
+        bias = collapsed_padding_bias(mask, self.L) if self.collapse_eval else None
         if mode == "one_step":
             t0 = jnp.zeros((B,), jnp.int32)
             return net.approximator(S, mask, jnp.zeros((B, H)), t0, self.T, self.lam_mean,
-                                    self.lam_std, fold(lam_keys, 0), full_len=self.L)
+                                    self.lam_std, fold(lam_keys, 0), full_len=self.L, key_bias_BxL=bias)
 
         def denoise_fn(x, t_B, cond):
-            S_, m_, lk = cond
+            S_, m_, lk, b_ = cond
             k_t = jax.vmap(jax.random.fold_in)(lk, t_B)
             return net.approximator(S_, m_, x, t_B, self.T, self.lam_mean, self.lam_std, k_t,
-                                    full_len=self.L)
+                                    full_len=self.L, key_bias_BxL=b_)
 
         x_T = samplers.normal_per_example(fold(keys_B, 1), 0, (B, H))
         return samplers.ancestral_sample(
             denoise_fn, fixed_large_variance(self.schedule), x_T, fold(keys_B, 2),
-            cond=(S, mask, lam_keys), mean_type="x0",
+            cond=(S, mask, lam_keys, bias), mean_type="x0",
         )
 
     def score(self, params, model_state, batch, keys_B):

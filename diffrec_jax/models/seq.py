@@ -29,6 +29,9 @@ mask applied to keys (``mask_mode="key"``, the usual key-padding mask) or, as Di
 does, to query rows (``mask_mode="query"``: a padded query attends uniformly; real queries attend to
 padded keys too).
 
+``key_bias_BxL`` (optional, default None: no change) adds a per-key-column term to the attention
+logits of every block; DiffuRec's collapsed padding uses it to stand one column for many.
+
 ``query_idx_B`` computes the last block only at one position per row (``[B]``); keys and values
 still use every position, so the output equals the full computation at that position. DreamRec and
 SASRec need one position per row (the last item), DiffuRec the last column: this saves most of
@@ -157,11 +160,16 @@ class _Attention(nnx.Module):
         self.neg = neg
         self.rate = rate
 
-    def __call__(self, q_BxQxD, k_BxLxD, v_BxLxD, mask_BxL, qpos_BxQ, qmask_BxQ, key):
+    def __call__(self, q_BxQxD, k_BxLxD, v_BxLxD, mask_BxL, qpos_BxQ, qmask_BxQ, key, key_bias_BxL=None):
         """``softmax(q k^T / sqrt(d_h) + masks) v`` with heads merged back; returns ``[B, Q, D]``.
 
         ``qpos_BxQ`` are the query columns (for the causal mask), ``qmask_BxQ`` whether each query
         column holds a real item (for ``mask_mode="query"``).
+
+        ``key_bias_BxL`` (optional) is added to every logit of key column ``j``; with the query mask,
+        a masked query row's logits are the bias alone (instead of one constant), so the row
+        attends with weights ``softmax(bias)``. A column standing for ``c`` identical columns has
+        bias ``log c`` (DiffuRec's collapsed padding, see :mod:`diffrec_jax.models.diffurec`).
         """
         B, Q, D = q_BxQxD.shape
         L = k_BxLxD.shape[1]
@@ -178,7 +186,12 @@ class _Attention(nnx.Module):
         if self.causal:
             kpos = jnp.arange(L)
             allowed = allowed & (kpos[None, None, None, :] <= qpos_BxQ[:, None, :, None])
-        logits = jnp.where(allowed, logits, self.neg)
+        if key_bias_BxL is None:
+            logits = jnp.where(allowed, logits, self.neg)
+        elif self.mask_mode == "query":
+            logits = jnp.where(allowed, logits, 0.0) + key_bias_BxL[:, None, None, :]
+        else:
+            logits = jnp.where(allowed, logits + key_bias_BxL[:, None, None, :], self.neg)
         w = jax.nn.softmax(logits, axis=-1)
         return w, v
 
@@ -204,7 +217,7 @@ class SASRecBlock(nnx.Module):
         self.ln_ff = layer_norm(dim, ln_eps, rngs)
         self.rate = dropout_rate
 
-    def __call__(self, x_BxLxD, mask_BxL, key, query_idx_B=None):
+    def __call__(self, x_BxLxD, mask_BxL, key, query_idx_B=None, key_bias_BxL=None):
         B, L, _ = x_BxLxD.shape
         if query_idx_B is None:
             xq = x_BxLxD
@@ -215,7 +228,7 @@ class SASRecBlock(nnx.Module):
         qmask = jnp.take_along_axis(mask_BxL, qpos, axis=1)
         q_in = self.ln1(xq)
         k, v = _fused_kv(self.k, self.v, x_BxLxD)
-        w, v = self.attn(self.q(q_in), k, v, mask_BxL, qpos, qmask, key)
+        w, v = self.attn(self.q(q_in), k, v, mask_BxL, qpos, qmask, key, key_bias_BxL)
         # reference quirk: rows whose normalised query sums to exactly 0 get zero attention
         w = w * (jnp.sum(q_in, -1) != 0)[:, None, :, None].astype(w.dtype)
         a = self.attn.combine(w, v, fold(key, 1)) + q_in
@@ -241,7 +254,7 @@ class PreNormBlock(nnx.Module):
         self.rate = dropout_rate
         self.act = act
 
-    def __call__(self, h_BxLxD, mask_BxL, key, query_idx_B=None):
+    def __call__(self, h_BxLxD, mask_BxL, key, query_idx_B=None, key_bias_BxL=None):
         B, L, _ = h_BxLxD.shape
         if query_idx_B is None:
             hq = h_BxLxD
@@ -253,7 +266,7 @@ class PreNormBlock(nnx.Module):
         hn = self.ln_attn(h_BxLxD)
         hqn = hn if query_idx_B is None else _gather_rows(hn, query_idx_B)
         k, v = _fused_kv(self.k, self.v, hn)
-        w, v = self.attn(self.q(hqn), k, v, mask_BxL, qpos, qmask, key)
+        w, v = self.attn(self.q(hqn), k, v, mask_BxL, qpos, qmask, key, key_bias_BxL)
         att = self.o(self.attn.combine(w, v, fold(key, 1)))
         hq = hq + dropout(att, self.rate, fold(key, 2))
         f = self.w2(dropout(_ACTS[self.act](self.w1(self.ln_ffn(hq))), self.rate, fold(key, 3)))
@@ -358,8 +371,12 @@ class TransformerEncoder(nnx.Module):
         mask_BxL: jnp.ndarray,
         key: jax.Array | None,
         query_idx_B: jnp.ndarray | None = None,
+        key_bias_BxL: jnp.ndarray | None = None,
     ) -> jnp.ndarray:
         """The blocks and the output LayerNorm.
+
+        ``key_bias_BxL``: an additive attention bias per key column in every block (see
+        :class:`_Attention`); None (the default) leaves the attention as it was.
 
         Returns:
           ``[B, L, D]``, or ``[B, D]`` at column ``query_idx_B[b]`` of each row when given.
@@ -367,7 +384,7 @@ class TransformerEncoder(nnx.Module):
         n = len(self.blocks)
         for i, blk in enumerate(self.blocks):
             q = query_idx_B if i == n - 1 else None
-            h_BxLxD = blk(h_BxLxD, mask_BxL, fold(key, 10 + i), q)
+            h_BxLxD = blk(h_BxLxD, mask_BxL, fold(key, 10 + i), q, key_bias_BxL)
         if self.style == "prenorm":
             h_BxLxD = dropout(h_BxLxD, self.dropout_rate, fold(key, 99))
         h = self.final_ln(h_BxLxD)

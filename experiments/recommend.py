@@ -2,6 +2,7 @@
 
     python experiments/recommend.py --run=runs/quickstart --users=all --k=20 --out=recs.parquet
     python experiments/recommend.py --run=runs/x --users=users.txt --k=10 --out=recs.csv --exclude_seen=all
+    python experiments/recommend.py --run=runs/x --out=recs.parquet --sampling='{"steps": 10, "noise": true}' --seed=0
 
 ``--users``: ``all`` or a file with one user id per line (the dataset's own ids; a first line
 ``user`` is a header). Columns: ``user, rank, item, score`` (ranks from 1). Users are scored in
@@ -9,6 +10,7 @@ batches of ``--batch_size`` and each batch is written before the next is scored,
 users x items score matrix is held. The run directory is only read.
 """
 
+import json
 import logging as std_logging
 import os
 import sys
@@ -21,14 +23,16 @@ _RUN = flags.DEFINE_string("run", None, "Run directory written by experiments/ma
 _USERS = flags.DEFINE_string("users", "all", "'all' or a file with one user id per line.")
 _K = flags.DEFINE_integer("k", 20, "List length.")
 _OUT = flags.DEFINE_string("out", None, "Output file: .csv or .parquet.")
-_EXCLUDE = flags.DEFINE_enum("exclude_seen", "train", ["train", "all", "none"],
+_EXCLUDE = flags.DEFINE_enum("exclude_seen", None, ["train", "all", "none"],
                              "Items never recommended: the user's training items (the evaluation's "
-                             "masking; sequential models default to none), also their valid/test "
-                             "items (all), or none.")
+                             "masking; the default for interaction models), also their valid/test "
+                             "items (all), or none (the default for sequential models, whose "
+                             "evaluation lets items repeat).")
 _SEED = flags.DEFINE_integer("seed", None, "Sampler seed (default: the run's evaluation key).")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Users per scoring batch.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The dataset folder, if it moved since training.")
-_STEPS = flags.DEFINE_integer("sampling_steps", None, "Override config.sampling.steps (DiffRec family).")
+_SAMPLING = flags.DEFINE_string("sampling", None, 'Sampler settings as JSON, e.g. \'{"steps": 10, "noise": true}\' '
+                                 "(fields of the run's config.sampling).")
 flags.mark_flags_as_required(["run", "out"])
 
 
@@ -61,12 +65,20 @@ def main(argv):
     try:
         export_lib.check_path(_OUT.value)
         rec = inference.load(_RUN.value, data_dir=_DATA_DIR.value, batch_size=_BATCH.value)
+        if rec.task == "rerank":
+            raise SystemExit(f"error: {_RUN.value}: a DCDR run reranks candidate sets; use "
+                             "diffrec_jax.inference.load(run).rerank(users, candidates)")
         users = "all" if _USERS.value == "all" else read_users(_USERS.value)
-        exclude = {"train": True, "all": "all", "none": False}[_EXCLUDE.value]
-        if rec.task == "sequential" and _EXCLUDE.value == "train" and not any(
-                a.startswith("--exclude_seen") for a in sys.argv):
-            exclude = False
-        sampling = None if _STEPS.value is None else {"steps": _STEPS.value}
+        choice = _EXCLUDE.value or ("train" if rec.task == "interactions" else "none")
+        exclude = {"train": True, "all": "all", "none": False}[choice]
+        sampling = None
+        if _SAMPLING.value:
+            try:
+                sampling = json.loads(_SAMPLING.value)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"error: --sampling is not JSON ({e})") from None
+            if not isinstance(sampling, dict):
+                raise SystemExit("error: --sampling must be a JSON object such as '{\"steps\": 10}'")
         res = export_lib.export(rec, users, _K.value, _OUT.value, exclude_seen=exclude, seed=_SEED.value,
                      batch_size=_BATCH.value, sampling=sampling)
     except inference.InferenceError as e:

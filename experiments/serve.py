@@ -45,6 +45,8 @@ def main(argv):
         rec = inference.load(_RUN.value, data_dir=_DATA_DIR.value, batch_size=_MAX_BATCH.value)
     except inference.InferenceError as e:
         raise SystemExit(f"error: {e}") from None
+    if rec.task == "rerank":
+        raise SystemExit(f"error: {_RUN.value}: a DCDR run reranks candidate sets; serving covers top-K models")
     application = serving.make_app(rec, max_body_bytes=_MAX_BODY.value, max_batch=_MAX_BATCH.value,
                                    batch_wait_ms=_WAIT_MS.value, max_k=_MAX_K.value, seed=_SEED.value)
     print(f"serving {rec.describe()['model']} from {rec.run_dir} on http://{_HOST.value}:{_PORT.value} "

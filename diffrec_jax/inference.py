@@ -457,8 +457,9 @@ class Recommender:
         """Top-``k`` items for interaction histories given by the caller.
 
         Args:
-          histories: a list; each entry is a list of raw item ids or a dense ``[n_items]`` vector
-            of interaction values (0 = none).
+          histories: a list; each entry is a list of raw item ids, oldest first (T-DiffRec runs
+            weight them by position as their training rows were), or a dense ``[n_items]``
+            vector of interaction values (0 = none).
           exclude_seen: never recommend an item of the given history.
           seed: an int or a key; row ``n`` uses ``fold_in(key, row_ids[n])``.
           row_ids: ints selecting each row's randomness (default ``0..N-1``; the server passes 0,
@@ -472,6 +473,7 @@ class Recommender:
         k = self.check_k(k)
         rows = self._history_rows(histories)
         x = np.zeros((len(rows), self.n_items), np.float32)
+        tw = self.config.data.get("time_weights")
         for n, h in enumerate(rows):
             h = np.asarray(h)
             if h.ndim == 1 and h.shape[0] == self.n_items and h.dtype.kind == "f":
@@ -482,7 +484,12 @@ class Recommender:
                 if h.size > MAX_HISTORY:
                     raise InferenceError(f"{self.run_dir}: history {n} has {h.size} items (limit {MAX_HISTORY})")
                 if h.size:
-                    x[n, self.item_index(h)] = 1.0
+                    idx = self.item_index(h)
+                    # as training saw the rows: T-DiffRec's linspace(w_min, w_max) weights by order
+                    w = np.ones(idx.size, np.float32) if not tw else np.linspace(
+                        float(tw[0]), float(tw[1]), idx.size, dtype=np.float32) if idx.size > 1 else \
+                        np.full(1, float(tw[0]), np.float32)
+                    x[n, idx] = w  # a repeated item keeps its latest weight
             if not (x[n] > 0).any():
                 raise InferenceError(f"{self.run_dir}: history {n} is empty")
         key = self._key(seed)

@@ -398,3 +398,21 @@ def test_each_replica_of_a_several_seed_run(tmp_path):
         assert got["recall@20"] == pytest.approx(res["per_seed"][i]["valid"]["recall@20"], abs=1e-6)
     with pytest.raises(inference.InferenceError, match="seed 99 was not trained here"):
         inference.load(str(tmp_path / "k2"), seed=99)
+
+
+@pytest.mark.parametrize("time_weights", [None, (0.1, 1.0)])
+def test_a_users_row_as_a_history_gives_their_lists(runs, time_weights):
+    import dataclasses
+
+    from diffrec_jax.data.temporal import time_weighted
+
+    rec = inference.load(runs["diffrec"])
+    if time_weights:  # as a T-DiffRec run: training rows weighted by position
+        with rec.config.unlocked():
+            rec.config.data.time_weights = time_weights
+        rec.data = dataclasses.replace(rec.data, train=time_weighted(rec.data.train, *time_weights))
+    users = [3, 8]
+    a = rec.recommend(users, 10)
+    b = rec.recommend_histories([rec.data.train.row(u) for u in users], 10, seed=None, row_ids=users)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)

@@ -3,9 +3,9 @@
     python experiments/bench_export_scale.py --out=results/bench_export_scale
 
 A small DiffRec (dims ``--dims``, ``--steps`` diffusion steps) is trained for one epoch on
-``--train_users`` users of a seeded synthetic catalogue of ``--items`` items (the model's shapes
-depend on the item count only), then the run is loaded with the full ``--users``-user dataset of
-the same catalogue and every user's top-``--k`` is written to Parquet by
+``--train_users`` users of a seeded popularity catalogue of ``--items`` items (the model's
+shapes depend on the item count only), then the run is loaded with a ``--users``-user dataset
+of the same catalogue and every user's top-``--k`` is written to Parquet by
 :func:`diffrec_jax.export.export`. A dense ``users x items`` float32 score matrix would take
 ``users * items * 4`` bytes (40 GB here); the process's peak resident memory is reported beside
 it. Writes ``bench.json`` and ``bench.md``.
@@ -32,6 +32,31 @@ _BATCH = flags.DEFINE_integer("batch_size", 256, "Users per scoring batch.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/diffrec_bench_export_scale", "Where the run is trained.")
 
 
+def popularity_catalogue(n_users: int, n_items: int, per_user: int = 12, seed: int = 0):
+    """Users with ``per_user`` distinct items drawn from a Zipf(1) popularity, split 10/1/1 in
+    draw order: the shape of an export, at the cost of 1.2 M draws (``make_synthetic`` scores
+    every user against every item, 10^10 products at this size)."""
+    import numpy as np
+
+    from diffrec_jax.data import CSR, InteractionData
+
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1)
+    p /= p.sum()
+    items = rng.choice(n_items, size=(n_users, 3 * per_user), p=p)
+    rows = []
+    for u in range(n_users):
+        _, first = np.unique(items[u], return_index=True)
+        rows.append(items[u][np.sort(first)][:per_user])
+    users = np.repeat(np.arange(n_users), [len(r) for r in rows])
+    flat = np.concatenate(rows)
+    pos = np.concatenate([np.arange(len(r)) for r in rows])
+    n_last = np.repeat([len(r) for r in rows], [len(r) for r in rows])
+    part = np.where(pos < n_last - 2, 0, np.where(pos == n_last - 2, 1, 2))
+    csr = [CSR.from_pairs(users[part == k], flat[part == k], n_users, n_items) for k in range(3)]
+    return InteractionData("popularity_catalogue", n_users, n_items, *csr)
+
+
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024  # Linux: kB
 
@@ -41,19 +66,16 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
     from configs import test as test_config
     from diffrec_jax import export, inference, train
-    from diffrec_jax.data import make_synthetic
-
     os.makedirs(_OUT.value, exist_ok=True)
     load0 = [round(x, 2) for x in os.getloadavg()]
-    full = make_synthetic(n_users=_USERS.value, n_items=_ITEMS.value, mean_items_per_user=12, seed=0)
+    full = popularity_catalogue(_USERS.value, _ITEMS.value, seed=0)
     c = test_config.get_config()
-    c.data.synthetic.update(n_users=_TRAIN_USERS.value, n_items=_ITEMS.value, mean_items_per_user=12, seed=1)
     c.model.dims = tuple(int(d) for d in _DIMS.value.split(","))
     c.diffusion.steps = _STEPS.value
     c.train.update(num_epochs=1, eval_every_epochs=1, batch_size=256)
     c.eval.batch_size = 256
     t0 = time.perf_counter()
-    small = make_synthetic(**dict(c.data.synthetic))
+    small = popularity_catalogue(_TRAIN_USERS.value, _ITEMS.value, seed=1)
     train.train_and_evaluate(c, _WORKDIR.value, data=small)
     train_s = time.perf_counter() - t0
     rss_after_train = _peak_rss_gb()

@@ -36,6 +36,7 @@ _REGISTRY: dict = {
     "dcdr": "diffrec_jax.models.dcdr:DCDR",
     "bspm": "diffrec_jax.models.bspm:BSPM",
     "giffcf": "diffrec_jax.models.giffcf:GiffCF",
+    "flowcf": "diffrec_jax.models.flowcf:FlowCF",
 }
 
 

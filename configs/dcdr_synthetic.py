@@ -36,7 +36,24 @@ so 100. (Guidance 3 and 10 without noise_start left every list unchanged.)
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    """``full`` (the measured setting) or ``tiny`` (a 5-candidate world in seconds, for tests)."""
+    if variant not in ("full", "tiny"):
+        raise ValueError(f"variant must be 'full' or 'tiny', got {variant!r}")
+    c = _full()
+    if variant == "tiny":
+        c.data.update(dict(n_users=60, n_items=150, n_cats=5, n=5, n_train=400, n_valid=60, n_test=40))
+        c.model.update(dict(steps=4, emb_dim=16, n_layers=1, n_heads=2))
+        for g in (c.evaluator, c.pointwise):
+            g.emb_dim = 16
+        c.evaluator.n_layers, c.evaluator.n_heads = 1, 2
+        c.train.update(dict(num_epochs=1, evaluator_epochs=1, pointwise_epochs=1, batch_size=128))
+        c.infer.update(dict(t_start=4, batch_size=20))
+        c.eval.update(dict(n_requests=40, ideal_requests=10))
+    return c
+
+
+def _full() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "rerank"  # dispatched by diffrec_jax.train.run to diffrec_jax.rerank_train
     c.seed = 1  # model init, batch order and noise (the world has its own data.seed)

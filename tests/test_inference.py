@@ -361,15 +361,8 @@ def test_dcdr_run_reproduces_its_lists(tmp_path):
     from diffrec_jax.data import rerank_synthetic
     from configs import dcdr_synthetic
 
-    c = dcdr_synthetic.get_config()
-    c.data.update(dict(n_users=60, n_items=150, n_cats=5, n=5, n_train=400, n_valid=60, n_test=40))
-    c.model.update(dict(steps=4, emb_dim=16, n_layers=1, n_heads=2))
-    for g in (c.evaluator, c.pointwise):
-        g.emb_dim = 16
-    c.evaluator.n_layers, c.evaluator.n_heads = 1, 2
-    c.train.update(dict(num_epochs=1, evaluator_epochs=1, pointwise_epochs=1, batch_size=128))
-    c.infer.update(dict(t_start=4, batch_size=20))
-    c.eval.update(dict(n_requests=40, ideal_requests=0))
+    c = dcdr_synthetic.get_config("tiny")
+    c.eval.ideal_requests = 0
     wd = str(tmp_path / "run")
     res = rerank_train.train_and_evaluate(c, wd)
     rec = inference.load(wd)

@@ -14,6 +14,7 @@ it. Writes ``bench.json`` and ``bench.md``.
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 
@@ -29,7 +30,8 @@ _DIMS = flags.DEFINE_string("dims", "64", "DiffRec hidden dims, comma-separated.
 _STEPS = flags.DEFINE_integer("steps", 2, "Diffusion steps.")
 _K = flags.DEFINE_integer("k", 20, "List length.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Users per scoring batch.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/diffrec_bench_export_scale", "Where the run is trained.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/diffrec_bench_export_scale", "Scratch folder the run is trained in "
+                                "(deleted first).")
 
 
 def popularity_catalogue(n_users: int, n_items: int, per_user: int = 12, seed: int = 0):
@@ -67,6 +69,7 @@ def main(argv):
     from configs import test as test_config
     from diffrec_jax import export, inference, train
     os.makedirs(_OUT.value, exist_ok=True)
+    shutil.rmtree(_WORKDIR.value, ignore_errors=True)  # a scratch run: never resume another size
     load0 = [round(x, 2) for x in os.getloadavg()]
     full = popularity_catalogue(_USERS.value, _ITEMS.value, seed=0)
     c = test_config.get_config()

@@ -45,6 +45,12 @@ kept: only 0 -> 1 moves). The scores are the last prediction ``x1_hat`` (made at
 (:func:`diffrec_jax.samplers.flow_sample` with the rounding as its projection). The scores do not
 depend on the PRNG key: the sampler is deterministic.
 
+A consequence of the rounding: from an unobserved entry (``x = 0``) the step gives
+``x1_hat / (N - k)``, so the item enters the state only when ``x1_hat > (N - k) / 2``, i.e.
+``x1_hat > 1`` even at the last intermediate step ``k = N - 2`` and more before. An MSE-trained
+``x1_hat`` rarely leaves ``[0, 1]``, so the state mostly stays the user's row and the scores are
+close to ``f(x~, t_{N-1})`` whatever ``s`` (``results/flowcf_ml1m`` measures it).
+
 **Hyperparameters** (the reference's ``flowcf.yaml`` for ML-1M): ``n_steps`` N = 9,
 ``sampling.steps`` s = 2, ``dims`` (300, 300), ``emb_size`` 10, dropout 0.1, tanh, Adam lr 1e-3,
 no weight decay, batch 4096, up to 500 epochs, evaluation every epoch, early stopping after 10

@@ -849,7 +849,7 @@ def measure_speed(config, *, train_steps: int | None = None, eval_rows: int | No
             state, ls = fn(state, arrays, mine[0][0][None], mine[0][1][None], np.ones(1, bool), k_train)
             jax.block_until_ready(ls)  # compile
             t0, c0 = time.perf_counter(), time.process_time()
-            for ib, mb in mine[1 : 1 + k]:
+            for ib, mb in mine[1 : 1 + k] or mine[:1]:  # a width with one batch: time it again
                 state, ls = fn(state, arrays, ib[None], mb[None], np.ones(1, bool), k_train)
             jax.block_until_ready(ls)
             dt = (time.perf_counter() - t0) / k

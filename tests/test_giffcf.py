@@ -119,6 +119,24 @@ def test_precomputed_propagation_matches():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+def test_align_init_makes_the_latent_gains_agree():
+    """align_init reflects mixer rows so g_mid g_c > 0 and g_mid g_z > 0, touching nothing else."""
+    x = _dense(6)
+    plain, aligned = _model(x), _model(x, align_init=True)
+    n_flipped = 0
+    for seed in range(6):
+        _, p0, _ = plain.init(jax.random.key(seed))
+        _, p1, _ = aligned.init(jax.random.key(seed))
+        g0, g1 = plain.path_gains(p0), aligned.path_gains(p1)
+        assert float(g1["mid"] * g1["c"]) > 0 and float(g1["mid"] * g1["z"]) > 0
+        for k in ("c", "z", "mid"):
+            assert abs(float(g1[k])) == pytest.approx(abs(float(g0[k])), rel=1e-5)
+        np.testing.assert_array_equal(np.asarray(p0["E"]), np.asarray(p1["E"]))
+        np.testing.assert_array_equal(np.asarray(p0["mlp"]["m2"]["h"]["w"][1:]), np.asarray(p1["mlp"]["m2"]["h"]["w"][1:]))
+        n_flipped += int(float(g0["mid"] * g0["c"]) < 0)
+    assert 0 < n_flipped < 6  # the sign is seed-dependent without alignment
+
+
 def test_two_learning_rates_and_validation():
     x = _dense(4)
     m = _model(x, lr_mlp=1e-12)

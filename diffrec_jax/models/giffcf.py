@@ -50,7 +50,8 @@ batch 100, up to 1000 epochs, validation every 10, early stopping after 200 epoc
 
 **Optimisation.** The latent path starts tiny (``z E / I`` ~ 1e-4, ``c E / |c|_1`` ~ 5e-3 against
 O(1) time embeddings), so the two hidden units of each mixer are in swish's linear regime and the
-history's effective weight is a product of mixer weights with a saddle at zero. With the
+history's effective weight is a product of mixer weights with a saddle at zero (our hypothesis
+for what follows; not confirmed). With the
 reference's initialisation, 2 of our 3 seeds stay there (popularity-level ranking, valid R@20
 ~0.08, 60+ epochs) while the third trains. The stuck seeds are exactly those whose initial
 gains give ``g_mid g_c < 0`` (:meth:`GiffCF.path_gains`: the history would enter the scores with
@@ -65,8 +66,9 @@ evaluator), ours by ``|G_u|`` (DiffRec's, the library's); theirs is never smalle
 the gap is small at K = 20 (a trained seed: 0.1835 ours, 0.1881 theirs) and larger at K = 10
 (0.1090 / 0.1230); ``experiments/paper_metrics.py`` reports both (``results/giffcf_ml1m``). ``lambda_1`` is
 computed exactly (``eigvalsh``) where the reference uses a truncated SVD. The training length the
-paper used on a GPU (up to 1000 epochs) does not fit our CPU budget; the shipped config caps the
-time (``train.time_budget_s``) and reports the epoch reached.
+paper used on a GPU (up to 1000 epochs, patience 200) does not fit our CPU budget: our runs were
+stopped after 28-67 epochs (``results/giffcf_ml1m/README.md``); the shipped config keeps the
+reference's limits, pass ``--config.train.time_budget_s`` to cap a run.
 """
 
 from __future__ import annotations

@@ -163,12 +163,13 @@ def test_random_lambda_changes_only_through_the_padding():
 @pytest.mark.slow
 def test_collapsed_equals_full_on_real_beauty_histories():
     """The reference's network size (H = 128, 4 blocks x 4 heads, T = 32), untrained N(0, 1) table,
-    lambda at its mean, every row at its minimal width (one compile per width: minutes)."""
+    lambda at its mean, at widths 50 (every row), 20, 8 and 2 (rows of 49, 19, 7 and 1 items at
+    their minimal width; one compile per width: minutes on the shared CPU)."""
     data, seq = _beauty_rows()
     cfg = diffurec_beauty.get_config()
     cfg.model.lambda_std = 0.0
     full, col, params = _pair(cfg, data, key=1997)
-    _check_equal(full, col, params, seq, widths=None, tol=5e-4)
+    _check_equal(full, col, params, seq, widths=(50, 20, 8, 2), tol=5e-4)
 
 
 def test_eval_split_collapsed_equals_full_and_plan_covers_rows():

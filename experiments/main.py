@@ -27,6 +27,12 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffrec_jax import train  # noqa: E402
+from diffrec_jax.checkpointing import CheckpointError  # noqa: E402
+from diffrec_jax.data import DataError  # noqa: E402
+
+# Errors that describe the user's input (data files, config fields, a run directory), each naming
+# the file or the field: printed as one line. Anything else keeps its traceback.
+USER_ERRORS = (DataError, CheckpointError, FloatingPointError, ValueError, FileNotFoundError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, results).")
@@ -50,7 +56,12 @@ def main(argv):
         if _CPU_GLOO.value:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-    results = train.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        results = train.run(_CONFIG.value, _WORKDIR.value)
+    except USER_ERRORS as e:  # bad data or settings: one line, no traceback (DIFFREC_TRACEBACK=1 shows it)
+        if os.environ.get("DIFFREC_TRACEBACK"):
+            raise
+        raise SystemExit(f"error: {e}") from None
     keys = [k for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20") if k in results["test"]]
     print(
         f"best epoch {results['best_epoch']}: test "

@@ -213,3 +213,39 @@ def test_train_items_and_cold_target_fraction():
     d = SequenceData("toy", tr, va, te, n_items=5, pad_id=pad, pad_side="right", max_len=3)
     np.testing.assert_array_equal(d.train_items(), [True, True, True, False, False, False])
     assert d.cold_target_fraction() == {"train": 0.0, "valid": 0.75, "test": 0.0}
+
+
+def test_diffurec_folder_with_only_the_reference_pickle(tmp_path):
+    import os
+    import pickle
+
+    ds = {"train": {0: [1, 2, 3], 1: [2, 5]}, "val": {0: [4], 1: [1]}, "test": {0: [5], 1: [3]},
+          "umap": {10: 0, 20: 1}, "smap": {100 + k: k for k in range(1, 6)}}
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "dataset.pkl").write_bytes(pickle.dumps(ds))
+    d = load_diffurec_npz(tmp_path / "cat", max_len=3)
+    ref = load_diffurec_npz(_write(tmp_path / "dataset.npz", _diffurec_arrays()), max_len=3)
+    for s in ("train", "valid", "test"):
+        np.testing.assert_array_equal(d.split(s).seq, ref.split(s).seq)
+        np.testing.assert_array_equal(d.split(s).targets, ref.split(s).targets)
+    bad = dict(ds, train={0: [1, 9], 1: [2]})  # item 9 outside the 5-item table
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "dataset.pkl").write_bytes(pickle.dumps(bad))
+    with pytest.raises(DataError, match=r"bad/dataset\.pkl"):
+        load_diffurec_npz(tmp_path / "bad")
+
+    class _Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "dataset.pkl").write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(DataError, match=r"evil/dataset\.pkl"):
+        load_diffurec_npz(tmp_path / "evil")
+    (tmp_path / "trunc").mkdir()
+    (tmp_path / "trunc" / "dataset.pkl").write_bytes(pickle.dumps(ds)[:20])
+    with pytest.raises(DataError, match=r"trunc/dataset\.pkl"):
+        load_diffurec_npz(tmp_path / "trunc")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match="no dataset.npz or dataset.pkl"):
+        load_diffurec_npz(tmp_path / "none")

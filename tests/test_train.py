@@ -163,3 +163,14 @@ def test_repeated_overrides_are_found_and_the_launcher_refuses_them():
                           "--config.train.num_epochs=1", "--config.train.num_epochs=2"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "--config.train.num_epochs given more than once" in out.stderr
+
+
+def test_the_launcher_prints_data_errors_as_one_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    for cfg in ("diffrec_ml1m.py", "diffurec_beauty.py"):
+        out = subprocess.run([sys.executable, str(ROOT / "experiments" / "main.py"),
+                              f"--config={ROOT / 'configs' / cfg}", f"--config.data.dir={tmp_path / 'data'}",
+                              f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert last.startswith("error: ") and str(tmp_path / "data") in last

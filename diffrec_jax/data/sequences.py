@@ -482,6 +482,11 @@ def load_diffurec_npz(
 ) -> SequenceData:
     """Loads DiffuRec's ``dataset.npz`` (``shared/data/diffurec/<ds>/``) as a leave-one-out split.
 
+    A folder that holds only the reference's ``dataset.pkl`` (or a ``.pkl`` path) is read through
+    the restricted unpickler (:func:`diffrec_jax.safe_pickle.safe_load`: no code can run) and
+    checked by :func:`diffrec_jax.safe_pickle.diffurec_arrays`; a malformed or hostile pickle is a
+    :class:`DataError` naming the file.
+
     Arrays read (``allow_pickle=False``): ``train_items`` int ``[M]`` and ``train_offsets``
     ``[U+1]`` (each user's chronological sequence without its last two items), ``val_item`` and
     ``test_item`` ``[U]``, ``num_items`` (items are ``1..N``, 0 is padding). The full sequence of
@@ -495,8 +500,18 @@ def load_diffurec_npz(
         on_long: ``"truncate"`` (the reference keeps the last ``L`` items) or ``"error"``.
         name: dataset name (default: the folder name).
     """
-    p = _find_npz(path, ("dataset.npz",))
-    z = _open_npz(p, ("train_items", "train_offsets", "val_item", "test_item", "num_items"))
+    p = Path(path)
+    if p.is_dir() and not list(p.glob("*.npz")):
+        if not (p / "dataset.pkl").is_file():
+            raise DataError(f"{p}: no dataset.npz or dataset.pkl (DiffuRec's layout) in this folder")
+        p = p / "dataset.pkl"
+    if p.suffix == ".pkl":  # the reference's own file, through the restricted unpickler
+        from diffrec_jax.safe_pickle import diffurec_arrays, safe_load
+
+        z = diffurec_arrays(safe_load(p), source=str(p))  # DataError / UnsafePickleError name the file
+    else:
+        p = _find_npz(p, ("dataset.npz",))
+        z = _open_npz(p, ("train_items", "train_offsets", "val_item", "test_item", "num_items"))
     tr = _int_array(z, "train_items", p, 1)
     off = _int_array(z, "train_offsets", p, 1).astype(np.int64)
     va = _int_array(z, "val_item", p, 1)

@@ -58,12 +58,18 @@ class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` with ``state`` + ``meta`` items.
 
     Args:
-      directory: where the step directories live (created).
+      directory: where the step directories live (created unless ``read_only``).
       max_to_keep: number of most recent steps kept.
+      read_only: only restore: nothing is created, cleaned or written (inference on a run).
     """
 
-    def __init__(self, directory: str, *, max_to_keep: int = 2):
+    def __init__(self, directory: str, *, max_to_keep: int = 2, read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        if read_only:
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+                item_names=("state", "meta"))
+            return
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

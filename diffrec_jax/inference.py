@@ -242,7 +242,7 @@ class Recommender:
         return self._models[key]
 
     def _restore(self, best_dir):
-        ck = _ReadOnlyCheckpoint(best_dir)  # never creates or cleans anything in the run
+        ck = Checkpointer(best_dir, read_only=True)  # never creates or cleans anything in the run
         try:
             step = ck.latest_step()
             if getattr(self.model, "closed_form", False):
@@ -303,8 +303,13 @@ class Recommender:
     def raw_items(self, idx: np.ndarray) -> np.ndarray:
         return idx if self.maps is None else self.maps.raw_items(idx)
 
+    def _user_maps(self):
+        """The id maps when they name this data's users (None: users are the files' rows)."""
+        return self.maps
+
     def _raw_users(self, idx: np.ndarray) -> np.ndarray:
-        return idx if self.maps is None else self.maps.users[idx]
+        maps = self._user_maps()
+        return idx if maps is None else maps.users[idx]
 
     def user_index(self, users) -> np.ndarray:
         """Internal row ids of raw user ids (``"all"``: every user)."""
@@ -313,9 +318,10 @@ class Recommender:
         users = np.atleast_1d(np.asarray(users))
         if users.size == 0:
             raise InferenceError(f"{self.run_dir}: no users given")
-        if self.maps is not None:
+        maps = self._user_maps()
+        if maps is not None:
             try:
-                return self.maps.user_index(users)
+                return maps.user_index(users)
             except KeyError as e:
                 raise InferenceError(f"{self.run_dir}: {e.args[0]}") from None
         try:
@@ -417,14 +423,16 @@ class Recommender:
         model = self._model(sampling)
         key = self._key(seed)
         bs = int(batch_size or self.batch_size)
-        excl = {True: [self.data.train], False: [], "all": [self.data.train, self.data.valid, self.data.test]}[exclude_seen]
+        held_out = [self.data.valid, self.data.test] if exclude_seen == "all" else []
         for start in range(0, len(rows), bs):
             chunk = rows[start:start + bs]
             width = batch_bucket(len(chunk), bs)
             padded = np.zeros(width, np.int64)
             padded[: len(chunk)] = chunk
             x = self._dense([self.data.train], padded, width)
-            ex = self._dense(excl, padded, width) if excl else np.zeros_like(x)
+            ex = (x > 0) if exclude_seen is not False else np.zeros(x.shape, bool)
+            if held_out:
+                ex |= self._dense(held_out, padded, width) > 0
             idx, sc = self._run(model, k, x, ex, padded, padded, key)
             n = len(chunk)
             yield Recommendations(self.raw_items(idx[:n]), sc[:n], self._raw_users(chunk))
@@ -637,17 +645,10 @@ class SequenceRecommender(Recommender):
             idx, sc = self._score_seqs(model, seqs, k, bool(exclude_seen), chunk, key)
             yield Recommendations(self.raw_items(idx), sc, self._raw_users(chunk))
 
-    def _raw_users(self, idx):
-        return idx if self.maps is None or self.maps.users.shape[0] != self.n_users else self.maps.users[idx]
-
-    def user_index(self, users):
-        if self.maps is not None and self.maps.users.shape[0] != self.n_users:
-            maps, self.maps = self.maps, None
-            try:
-                return super().user_index(users)
-            finally:
-                self.maps = maps
-        return super().user_index(users)
+    def _user_maps(self):
+        # to_sequences' maps name one user per leave-one-out row; session data has none
+        m = self.maps
+        return m if m is not None and m.users.shape[0] == self.n_users else None
 
     def recommend(self, users="all", k: int = 20, *, exclude_seen: bool | str = False, seed=None,
                   sampling: dict | None = None) -> Recommendations:
@@ -705,7 +706,7 @@ class ListRecommender:
             raise InferenceError(f"{run_dir}: cannot build DCDR from config.json: {e}") from None
         abstract = {"dcdr": jax.eval_shape(lambda: self.model.init(jax.random.key(0)))[1],
                     "evaluator": jax.eval_shape(lambda: self.evaluator.init(jax.random.key(0)))[1]}
-        ck = _ReadOnlyCheckpoint(best_dir)
+        ck = Checkpointer(best_dir, read_only=True)
         try:
             self.epoch = ck.latest_step()
             try:
@@ -786,34 +787,6 @@ class ListRecommender:
     def describe(self) -> dict:
         return {"run": self.run_dir, "task": self.task, "model": "dcdr", "candidates": self.n,
                 "users": int(self.world.n_users), "items": int(self.world.n_items), "epoch": self.epoch}
-
-
-class _ReadOnlyCheckpoint:
-    """Reads ``best/`` without creating, cleaning or locking anything in the run directory."""
-
-    def __init__(self, directory: str):
-        import orbax.checkpoint as ocp
-
-        self.directory = directory
-        self._inner = Checkpointer.__new__(Checkpointer)
-        self._inner.directory = directory
-        self._inner.manager = ocp.CheckpointManager(
-            directory,
-            options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-            item_names=("state", "meta"),
-        )
-
-    def latest_step(self):
-        return self._inner.latest_step()
-
-    def restore(self, step, abstract):
-        return self._inner.restore(step, abstract)
-
-    def restore_untyped(self, step):
-        return self._inner.restore_untyped(step)
-
-    def close(self):
-        self._inner.manager.close()
 
 
 def _row_ids(row_ids, n: int, run_dir: str) -> np.ndarray:

@@ -47,27 +47,19 @@ class _Batcher:
         self.task = None
 
     def score(self, kind: str, items: list, exclude: list) -> list:
-        """Scores one batch of one kind (runs on the worker thread): a result or an error each."""
-        rec, out = self.rec, []
-        if kind == "user":
-            rows = [rec.user_index([u])[0] for u in items]
-            groups: dict = {}
-            for n, (r, ex) in enumerate(zip(rows, exclude)):
-                groups.setdefault(ex, []).append((n, r))
-            out = [None] * len(items)
-            for ex, members in groups.items():
-                users = [rec.raw_user(r) for _, r in members]
-                res = rec.recommend(users, self.max_k, exclude_seen=ex)
-                for (n, _), i, s in zip(members, res.items, res.scores):
-                    out[n] = (i, s)
-            return out
-        groups = {}
+        """Scores one batch of one kind (runs on the worker thread): ``(items, scores)`` each."""
+        rec = self.rec
+        groups: dict = {}
         for n, ex in enumerate(exclude):
             groups.setdefault(ex, []).append(n)
         out = [None] * len(items)
         for ex, members in groups.items():
-            res = rec.recommend_histories([items[n] for n in members], self.max_k, exclude_seen=ex,
-                                          seed=self.seed, row_ids=np.zeros(len(members), np.int64))
+            batch = [items[n] for n in members]
+            if kind == "user":
+                res = rec.recommend(batch, self.max_k, exclude_seen=ex)
+            else:
+                res = rec.recommend_histories(batch, self.max_k, exclude_seen=ex, seed=self.seed,
+                                              row_ids=np.zeros(len(members), np.int64))
             for n, i, s in zip(members, res.items, res.scores):
                 out[n] = (i, s)
         return out

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from configs import test as test_config  # noqa: E402
 from diffrec_jax import models, train  # noqa: E402
 from diffrec_jax.checkpointing import Checkpointer  # noqa: E402
-from diffrec_jax.data.interactions import CSR  # noqa: E402
+from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.models import baselines, lightgcn  # noqa: E402
 from diffrec_jax.models.multvae import MultVAE  # noqa: E402
 

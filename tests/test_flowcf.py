@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
 from diffrec_jax import models, samplers, train  # noqa: E402
-from diffrec_jax.data.interactions import CSR  # noqa: E402
+from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.models import flowcf  # noqa: E402
 
 

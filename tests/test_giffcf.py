@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
 from diffrec_jax import models, train  # noqa: E402
-from diffrec_jax.data.interactions import CSR  # noqa: E402
+from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.models import giffcf  # noqa: E402
 
 

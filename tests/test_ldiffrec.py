@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from configs import ldiffrec_ml1m  # noqa: E402
 from configs import test as test_config  # noqa: E402
 from diffrec_jax import models, train  # noqa: E402
-from diffrec_jax.data.interactions import CSR  # noqa: E402
+from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.data.temporal import time_weighted  # noqa: E402
 from diffrec_jax.models import ldiffrec as L  # noqa: E402
 from diffrec_jax.models.kmeans import kmeans  # noqa: E402

@@ -28,7 +28,7 @@ Host-side only (NumPy). It provides
 users with fewer than 3 such pairs are dropped (14 of 1,872, so every user has at least one
 train, valid and test item); each user's items are shuffled with
 ``np.random.default_rng(seed)`` (users in id order) and cut with
-:func:`~diffrec_jax.data.interactions.split_counts` (default ``(0.7, 0.1, 0.2)``). Items are the
+:func:`~diffrec_jax.data.splits.split_counts` (default ``(0.7, 0.1, 0.2)``). Items are the
 KG entities ``0..3,845`` (item id = entity id); users are renumbered ``0..U-1`` in increasing
 original id. Relation names get ids in order of first appearance in ``kg.txt``.
 """
@@ -42,7 +42,9 @@ from typing import Sequence
 
 import numpy as np
 
-from diffrec_jax.data.interactions import CSR, DataError, InteractionData, split_counts, validate
+from diffrec_jax.data.containers import CSR, DataError, InteractionData
+from diffrec_jax.data.splits import split_counts
+from diffrec_jax.data.validation import validate
 
 __all__ = [
     "KnowledgeGraph",

@@ -5,7 +5,7 @@ user draws a set of items without replacement from
 ``softmax(u . v / (temperature * sqrt(n_factors)) + popularity_weight * log_popularity)``,
 the set is put in a random chronological order, and the rows are split per user
 with the same rule as the MovieLens temporal split
-(:func:`diffrec_jax.data.interactions.split_counts`). A recommender that uses
+(:func:`diffrec_jax.data.splits.split_counts`). A recommender that uses
 the co-occurrence structure therefore beats a popularity ranking clearly, which
 makes the data useful for smoke tests of training and evaluation code.
 """
@@ -16,13 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from diffrec_jax.data.interactions import (
-    CSR,
-    InteractionData,
-    _check_split,
-    _split_sorted,
-    validate,
-)
+from diffrec_jax.data.containers import CSR, InteractionData
+from diffrec_jax.data.splits import assign_splits, check_split
+from diffrec_jax.data.validation import validate
 
 __all__ = ["make_synthetic"]
 
@@ -55,7 +51,7 @@ def make_synthetic(
        ``logits = U V^T / (temperature * sqrt(n_factors)) + popularity_weight * log_pop``,
        which samples without replacement from ``softmax(logits)``.
     5. A random chronological order of those items, then the per-user split of
-       :func:`~diffrec_jax.data.interactions.split_counts` (every user gets >= 1
+       :func:`~diffrec_jax.data.splits.split_counts` (every user gets >= 1
        item in each split since ``n_u >= 5``).
 
     Args:
@@ -87,7 +83,7 @@ def make_synthetic(
         raise ValueError(f"mean_items_per_user must be >= 5, got {mean_items_per_user}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    _check_split(split)
+    check_split(split)
 
     rng = np.random.default_rng(seed)
     user_f = rng.standard_normal((n_users, n_factors))
@@ -123,7 +119,7 @@ def make_synthetic(
     items = np.concatenate(items_out).astype(np.int64)
     users = np.repeat(np.arange(n_users, dtype=np.int64), counts)
 
-    part = _split_sorted(users, n_users, split)
+    part = assign_splits(users, n_users, split)
     csrs = [
         CSR.from_pairs(users[part == p], items[part == p], n_users, n_items) for p in range(3)
     ]

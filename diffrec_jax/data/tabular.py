@@ -1,10 +1,11 @@
 """Your own data: a CSV or Parquet table of (user, item[, rating, timestamp]) rows.
 
-Host side only (NumPy, ``csv``; ``pyarrow`` only for Parquet, imported when needed). The
-pipeline, each step a function of its own:
+Host side only (NumPy; ``pyarrow`` only for Parquet, imported when needed). The pipeline, each
+step a function of its own:
 
 1. :func:`read_table` (or :func:`from_columns` for arrays you already hold, e.g. a pandas
-   DataFrame's columns): raw columns in a :class:`Table`, every field checked;
+   DataFrame's columns): raw columns in a :class:`Table`, every field checked (both live in
+   :mod:`diffrec_jax.data.tables` and are re-exported here);
 2. the usual preparation, in this order: keep ratings ``>= min_rating`` (implicit feedback from
    explicit ratings), drop repeated (user, item) pairs (``duplicates``), iterative k-core
    filtering (:func:`k_core`), and re-mapping of the remaining raw ids to contiguous 0-based ids
@@ -24,22 +25,17 @@ problem (the line number for CSV, the row for Parquet).
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from diffrec_jax.data.interactions import (
-    CSR,
-    DataError,
-    InteractionData,
-    _check_split,
-    _split_sorted,
-    validate,
-)
+from diffrec_jax.data.containers import CSR, DataError, InteractionData
+from diffrec_jax.data.sequence_data import leave_one_out
+from diffrec_jax.data.splits import assign_splits, check_split
+from diffrec_jax.data.tables import Table, from_columns, read_table, show_value
+from diffrec_jax.data.validation import validate
 
 __all__ = [
     "IdMaps",
@@ -54,39 +50,11 @@ __all__ = [
 
 PathLike = str | os.PathLike
 _SPLITS = ("train", "valid", "test")
-_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
 # --------------------------------------------------------------------------- #
-# Types
+# Id maps
 # --------------------------------------------------------------------------- #
-
-
-class Table(NamedTuple):
-    """Raw interaction rows as read from a file (host side, not yet filtered or re-mapped).
-
-    Attributes:
-        users: ``[N]`` raw user ids: int64 when every id is a canonical integer, else ``str``.
-        items: ``[N]`` raw item ids, same convention.
-        ratings: float64 ``[N]`` (finite) or None without a rating column.
-        timestamps: int64 or float64 ``[N]`` or None without a time column. Date-time text
-            is stored as int64 microseconds since 1970-01-01.
-        rows: int64 ``[N]`` where each row came from: CSV line number (1-based) or Parquet /
-            array row (0-based), used in error messages.
-        source: the file (or a description of the arrays).
-        row_label: ``"line"`` (CSV) or ``"row"``.
-    """
-
-    users: np.ndarray
-    items: np.ndarray
-    ratings: np.ndarray | None
-    timestamps: np.ndarray | None
-    rows: np.ndarray
-    source: str
-    row_label: str = "row"
-
-    def __len__(self) -> int:
-        return int(self.users.shape[0])
 
 
 class IdMaps(NamedTuple):
@@ -157,402 +125,9 @@ def _lookup(table: np.ndarray, raw: Any, what: str, offset: int) -> np.ndarray:
     miss = table[pos] != raw
     if miss.any():
         raise KeyError(
-            f"unknown raw {what} id {_show(raw[np.argmax(miss)])} (filtered out or never seen)")
+            f"unknown raw {what} id {show_value(raw[np.argmax(miss)])} "
+            "(filtered out or never seen)")
     return pos.astype(np.int64) + offset
-
-
-# --------------------------------------------------------------------------- #
-# Reading
-# --------------------------------------------------------------------------- #
-
-
-def _where(src: str, label: str, row: int) -> str:
-    return f"{src}: {label} {row}"
-
-
-def _show(v: Any) -> str:
-    """``repr`` of a value without NumPy's scalar wrappers (``'x'``, not ``np.str_('x')``)."""
-    return repr(v.item() if isinstance(v, np.generic) else v)
-
-
-def _ids(values: np.ndarray, rows: np.ndarray, src: str, label: str, what: str) -> np.ndarray:
-    """Raw ids from text or numbers: int64 when every id is a canonical integer, else str.
-
-    Args:
-        values: ``[N]`` str, integer or object array.
-        rows: int64 ``[N]`` row labels for messages.
-
-    Returns:
-        int64 or ``str`` array ``[N]``.
-    """
-    if values.dtype.kind in "iu":
-        if values.dtype == np.uint64 and values.size and values.max() > np.iinfo(np.int64).max:
-            r = int(np.argmax(values > np.iinfo(np.int64).max))
-            raise DataError(f"{_where(src, label, int(rows[r]))}: {what} id {values[r]} too large")
-        return values.astype(np.int64)
-    if values.dtype.kind == "f":
-        raise DataError(
-            f"{src}: {what} ids are floating point ({values.dtype}); ids must be integers or text"
-        )
-    if values.dtype.kind == "O":
-        bad = np.array([not isinstance(v, (str, int, np.integer)) for v in values], bool)
-        if bad.any():
-            r = int(np.argmax(bad))
-            raise DataError(
-                f"{_where(src, label, int(rows[r]))}: {what} id {_show(values[r])} is not text or an "
-                "integer"
-            )
-    text = np.char.strip(values.astype(str))
-    empty = np.char.str_len(text) == 0
-    if empty.any():
-        r = int(np.argmax(empty))
-        raise DataError(f"{_where(src, label, int(rows[r]))}: empty {what} id")
-    try:
-        ints = text.astype(np.int64)
-    except (ValueError, OverflowError):
-        return text
-    # Only canonical spellings become integers ("007" and "7" stay distinct as text).
-    return ints if np.array_equal(ints.astype(str), text) else text
-
-
-def _float_col(values: np.ndarray, rows: np.ndarray, src: str, label: str, what: str) -> np.ndarray:
-    """A finite float64 column; DataError naming the first bad row."""
-    try:
-        out = np.asarray(values, dtype=np.float64) if values.dtype.kind != "U" else \
-            np.char.strip(values).astype(np.float64)
-    except (ValueError, TypeError):
-        for r, v in enumerate(values):
-            try:
-                float(v)
-            except (ValueError, TypeError):
-                raise DataError(
-                    f"{_where(src, label, int(rows[r]))}: {what} {_show(v)} is not a number"
-                ) from None
-        raise  # unreachable: some value failed as a whole but none alone
-    bad = ~np.isfinite(out)
-    if bad.any():
-        r = int(np.argmax(bad))
-        raise DataError(f"{_where(src, label, int(rows[r]))}: non-finite {what} {_show(values[r])}")
-    return out
-
-
-def _time_col(values: np.ndarray, rows: np.ndarray, src: str, label: str) -> np.ndarray:
-    """Timestamps: integers (int64), numbers (float64) or ISO 8601 date-times (int64 us).
-
-    Args:
-        values: ``[N]`` str, numeric or datetime64 array.
-
-    Returns:
-        int64 or float64 ``[N]``.
-    """
-    if values.dtype.kind == "M":
-        if np.isnat(values).any():
-            r = int(np.argmax(np.isnat(values)))
-            raise DataError(f"{_where(src, label, int(rows[r]))}: missing timestamp (NaT)")
-        return values.astype("datetime64[us]").astype(np.int64)
-    if values.dtype.kind in "iu":
-        return values.astype(np.int64)
-    if values.dtype.kind == "f":
-        return _float_col(values, rows, src, label, "timestamp")
-    text = np.char.strip(values.astype(str))
-    try:
-        return text.astype(np.int64)
-    except (ValueError, OverflowError):
-        pass
-    try:
-        return _float_col(text, rows, src, label, "timestamp")
-    except DataError:
-        pass
-    # Date-time text. A purely numeric value cannot be mixed in (numpy would read it as a year).
-    numeric = np.zeros(text.shape[0], bool)
-    for r, v in enumerate(text):
-        try:
-            float(v)
-            numeric[r] = True
-            continue
-        except ValueError:
-            pass
-        try:
-            ok = not np.isnat(np.datetime64(v, "us"))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise DataError(
-                f"{_where(src, label, int(rows[r]))}: timestamp {str(v)!r} is neither a number nor "
-                "an ISO 8601 date-time (e.g. 2024-01-31 or 2024-01-31T12:00:00)"
-            )
-    if numeric.any():
-        r = int(np.argmax(numeric))
-        raise DataError(
-            f"{_where(src, label, int(rows[r]))}: timestamp {str(text[r])!r} is a number but other "
-            "rows hold date-times; the column mixes both"
-        )
-    return text.astype("datetime64[us]").astype(np.int64)
-
-
-def _resolve_cols(
-    names: list[str] | None, wanted: dict[str, Any], n_fields: int, src: str
-) -> dict[str, int]:
-    """Column indices of the requested columns (by header name or 0-based index)."""
-    out, seen = {}, {}
-    for role, col in wanted.items():
-        if col is None:
-            continue
-        if isinstance(col, (int, np.integer)) and not isinstance(col, bool):
-            idx = int(col)
-            if not 0 <= idx < n_fields:
-                raise DataError(
-                    f"{src}: {role}_col={idx} is out of range: the table has {n_fields} columns"
-                )
-        elif isinstance(col, str):
-            if names is None:
-                raise DataError(
-                    f"{src}: {role}_col={col!r} is a name but header=False; give a 0-based "
-                    "column index or read the header"
-                )
-            if col not in names:
-                raise DataError(f"{src}: no column {col!r} ({role}_col); the header has {names}")
-            idx = names.index(col)
-        else:
-            raise TypeError(f"{role}_col must be a column name or index, got {col!r}")
-        if idx in seen:
-            raise ValueError(f"{role}_col and {seen[idx]}_col name the same column {col!r}")
-        seen[idx] = role
-        out[role] = idx
-    return out
-
-
-def _read_csv(path: Path, wanted: dict[str, Any], sep: str, header: bool) -> dict:
-    """Parses a delimited text file strictly into columns of strings.
-
-    Returns:
-        ``{role: str [N]}`` plus ``"_rows"``: int64 ``[N]`` line numbers (1-based).
-    """
-    src = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{src}: cannot read file: {e}") from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{src}: line {line}: not UTF-8 text ({e.reason})") from None
-    if not sep:
-        raise ValueError("sep must be a non-empty string")
-    if len(sep) == 1:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
-
-        def records():
-            while True:
-                try:
-                    rec = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as e:
-                    raise DataError(f"{src}: line {reader.line_num}: malformed CSV ({e})") from None
-                yield reader.line_num, rec
-    else:  # multi-character separators (e.g. MovieLens '::'): plain split, no quoting
-
-        def records():
-            for i, line in enumerate(text.splitlines(), start=1):
-                yield i, line.split(sep) if line.strip() else []
-
-    names: list[str] | None = None
-    cols: dict[str, int] | None = None
-    n_fields = 0
-    vals: dict[str, list[str]] = {}
-    rows: list[int] = []
-    for ln, rec in records():
-        if not rec or all(not f.strip() for f in rec):
-            continue  # blank line
-        if cols is None:
-            n_fields = len(rec)
-            if header:
-                names = [f.strip() for f in rec]
-                dup = {n for n in names if names.count(n) > 1}
-                if dup:
-                    raise DataError(
-                        f"{src}: line {ln}: repeated column name(s) {sorted(dup)} in the header")
-            cols = _resolve_cols(names, wanted, n_fields, src)
-            vals = {role: [] for role in cols}
-            if header:
-                continue
-        if len(rec) != n_fields:
-            shown = sep.join(rec)
-            raise DataError(
-                f"{src}: line {ln}: expected {n_fields} fields separated by {sep!r} "
-                f"({'as the header' if header else 'as the first line'}), got {len(rec)}: "
-                f"{shown[:80]!r}"
-            )
-        for role, idx in cols.items():
-            vals[role].append(rec[idx])
-        rows.append(ln)
-    if cols is None:
-        raise DataError(f"{src}: empty file (no header and no rows)")
-    if not rows:
-        raise DataError(f"{src}: no data rows" + (" after the header" if header else ""))
-    out = {role: np.asarray(v, dtype=str) for role, v in vals.items()}
-    out["_rows"] = np.asarray(rows, np.int64)
-    return out
-
-
-def _read_parquet(path: Path, wanted: dict[str, Any]) -> dict:
-    """Reads the requested Parquet columns with pyarrow.
-
-    Returns:
-        ``{role: array [N]}`` plus ``"_rows"``: int64 ``[N]`` row indices (0-based).
-    """
-    src = str(path)
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError(
-            f"{src}: reading Parquet needs pyarrow, which is not installed: `pip install pyarrow` "
-            "(or `pip install diffrec_jax[tfds]`, which brings it), or save the table as CSV"
-        ) from None
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{src}: not a readable Parquet file ({e})") from e
-    names = list(schema.names)
-    cols = _resolve_cols(names, wanted, len(names), src)
-    try:
-        table = pq.read_table(path, columns=[names[i] for i in cols.values()])
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{src}: cannot read the Parquet data ({e})") from e
-    out = {}
-    for role, idx in cols.items():
-        col = table.column(names[idx]).combine_chunks()
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        if col.null_count:
-            r = int(np.argmax(np.asarray(col.is_null())))
-            raise DataError(f"{src}: row {r}: missing {role} value (null in column {names[idx]!r})")
-        t = col.type
-        if pa.types.is_timestamp(t) or pa.types.is_date(t):
-            arr = col.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False)
-        elif pa.types.is_integer(t) or pa.types.is_floating(t):
-            arr = col.to_numpy(zero_copy_only=False)
-        elif pa.types.is_string(t) or pa.types.is_large_string(t):
-            arr = np.asarray(col.to_pylist(), dtype=str)
-        elif pa.types.is_decimal(t):
-            arr = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        else:
-            raise DataError(f"{src}: column {names[idx]!r} ({role}) has unsupported type {t}")
-        out[role] = arr
-    out["_rows"] = np.arange(table.num_rows, dtype=np.int64)
-    if table.num_rows == 0:
-        raise DataError(f"{src}: no data rows")
-    return out
-
-
-def _make_table(cols: dict, src: str, label: str) -> Table:
-    rows = cols["_rows"]
-    return Table(
-        users=_ids(cols["user"], rows, src, label, "user"),
-        items=_ids(cols["item"], rows, src, label, "item"),
-        ratings=(None if "rating" not in cols
-                 else _float_col(cols["rating"], rows, src, label, "rating")),
-        timestamps=None if "time" not in cols else _time_col(cols["time"], rows, src, label),
-        rows=rows,
-        source=src,
-        row_label=label,
-    )
-
-
-def read_table(
-    path: PathLike,
-    *,
-    user_col: str | int,
-    item_col: str | int,
-    rating_col: str | int | None = None,
-    time_col: str | int | None = None,
-    sep: str = ",",
-    header: bool = True,
-    format: str | None = None,
-) -> Table:
-    """Reads a CSV (or other delimited text) or Parquet table of interactions.
-
-    CSV: UTF-8 text (a byte-order mark is accepted), parsed with the ``csv`` module
-    (quoting allowed) for a one-character ``sep``, or split on a longer ``sep`` such as
-    MovieLens' ``'::'``. Blank lines are skipped; every other line must have the same number
-    of fields as the header (or the first line when ``header=False``). Parquet needs
-    ``pyarrow``; integer, string, float, timestamp and date columns are read.
-
-    Ids: a column whose values are all canonical integers (``"42"``, not ``"042"``) becomes
-    int64, any other column is kept as text. Ratings must be finite numbers. Timestamps may
-    be integers, numbers or ISO 8601 date-times (stored as int64 microseconds).
-
-    Args:
-        path: ``.csv``/``.tsv``/``.txt``/... or ``.parquet`` file.
-        user_col: user column: header name or 0-based index.
-        item_col: item column.
-        rating_col: optional rating column (needed for ``min_rating``).
-        time_col: optional timestamp column (else the file order is the time order).
-        sep: field separator of text files (``","``, ``"\\t"``, ``"::"`` ...).
-        header: whether the first non-blank line of a text file names the columns.
-        format: ``"csv"`` or ``"parquet"``; default from the suffix (``.parquet``/``.pq``
-            -> Parquet, anything else -> text).
-
-    Returns:
-        The :class:`Table` (``N`` rows in file order).
-
-    Raises:
-        DataError: missing or unreadable file, undecodable text, unknown column, wrong
-            number of fields, empty id, non-numeric or non-finite rating, bad timestamp, null
-            Parquet value (naming the line or row).
-        ImportError: a Parquet file without ``pyarrow`` installed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    fmt = format or ("parquet" if path.suffix.lower() in _PARQUET_SUFFIXES else "csv")
-    wanted = {"user": user_col, "item": item_col, "rating": rating_col, "time": time_col}
-    if fmt == "parquet":
-        return _make_table(_read_parquet(path, wanted), str(path), "row")
-    if fmt != "csv":
-        raise ValueError(f"format must be 'csv' or 'parquet', got {format!r}")
-    return _make_table(_read_csv(path, wanted, sep, header), str(path), "line")
-
-
-def from_columns(
-    users: Any,
-    items: Any,
-    ratings: Any = None,
-    timestamps: Any = None,
-    *,
-    source: str = "columns",
-) -> Table:
-    """A :class:`Table` from arrays already in memory (NumPy arrays, lists, DataFrame columns).
-
-    Args:
-        users: ``[N]`` raw user ids (integers or text).
-        items: ``[N]`` raw item ids.
-        ratings: optional ``[N]`` numbers.
-        timestamps: optional ``[N]`` integers, numbers, ``datetime64`` or ISO 8601 text.
-        source: name used in error messages.
-
-    Returns:
-        The checked table; ``rows`` are the 0-based positions.
-    """
-    cols = {"user": np.asarray(users), "item": np.asarray(items)}
-    if ratings is not None:
-        cols["rating"] = np.asarray(ratings)
-    if timestamps is not None:
-        cols["time"] = np.asarray(timestamps)
-    n = cols["user"].shape[0] if cols["user"].ndim == 1 else -1
-    for role, arr in cols.items():
-        if arr.ndim != 1 or arr.shape[0] != n:
-            raise DataError(
-                f"{source}: every column must be 1-D of the same length; got "
-                + ", ".join(f"{k} {v.shape}" for k, v in cols.items())
-            )
-    if n == 0:
-        raise DataError(f"{source}: no rows")
-    cols["_rows"] = np.arange(n, dtype=np.int64)
-    return _make_table(cols, source, "row")
 
 
 # --------------------------------------------------------------------------- #
@@ -653,7 +228,8 @@ def _prepare(
             where = ", ".join(str(int(j)) for j in first[:2])
             raise DataError(
                 f"{src}: {int(same_prev.sum())} repeated (user, item) row(s); first: user "
-                f"{_show(table.users[idx[r]])}, item {_show(table.items[idx[r]])} on {label}s {where} "
+                f"{show_value(table.users[idx[r]])}, item {show_value(table.items[idx[r]])} "
+                f"on {label}s {where} "
                 "(duplicates='first' or 'last' keeps one)"
             )
         if duplicates == "first":
@@ -766,13 +342,13 @@ def load_table(
     if cold_items not in ("drop", "keep"):
         raise ValueError(f"cold_items must be 'drop' or 'keep', got {cold_items!r}")
     if split == "temporal":
-        _check_split(fractions)
+        check_split(fractions)
     table = _as_table(path, dict(user_col=user_col, item_col=item_col, rating_col=rating_col,
                                  time_col=time_col, sep=sep, header=header))
     p = _prepare(table, min_rating=min_rating, k_core_min=k_core, duplicates=duplicates,
                  min_per_user=3)
     if split == "temporal":
-        part = _split_sorted(p.users, p.n_users, fractions)
+        part = assign_splits(p.users, p.n_users, fractions)
     else:
         counts = np.bincount(p.users, minlength=p.n_users)
         end = np.cumsum(counts)[p.users]  # one past the user's last row
@@ -885,7 +461,7 @@ def to_sequences(
     Steps 1-5 of :func:`load_table` (reading, ``min_rating``, ``duplicates``, ``k_core`` with
     at least 3 rows per user, re-mapping), then per user the items ordered by (timestamp, file
     position) form a sequence ``s`` and
-    :func:`~diffrec_jax.data.sequences.leave_one_out` makes the examples: train on every
+    :func:`~diffrec_jax.data.sequence_data.leave_one_out` makes the examples: train on every
     prefix of ``s[:-2]``, valid ``s[:-2] -> s[-2]``, test ``s[:-1] -> s[-1]``. Items get ids
     ``1..n_items`` (0 pads, left padding), so ``maps.item_offset == 1``.
 
@@ -904,8 +480,6 @@ def to_sequences(
     Returns:
         :class:`~diffrec_jax.data.sequences.SequenceData`, or ``(data, maps)``.
     """
-    from diffrec_jax.data.sequences import leave_one_out
-
     table = _as_table(source, dict(user_col=user_col, item_col=item_col, rating_col=rating_col,
                                    time_col=time_col, sep=sep, header=header))
     p = _prepare(table, min_rating=min_rating, k_core_min=k_core, duplicates=duplicates,
@@ -945,4 +519,3 @@ def _write_diffurec_npz(
         num_users=np.int64(U),
     )
     maps.save(path.parent / "id_maps.npz")
-

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from diffrec_jax.data.interactions import CSR, InteractionData
+from diffrec_jax.data.containers import CSR, InteractionData
 
 
 def time_weighted(csr: CSR, w_min: float, w_max: float) -> CSR:

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from diffrec_jax.data import tabular
-from diffrec_jax.data.interactions import DataError, InteractionData
+from diffrec_jax.data.containers import DataError, InteractionData
 
 __all__ = ["from_tfds_movielens", "from_tfds_movielens_sequences", "movielens_table"]
 

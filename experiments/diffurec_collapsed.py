@@ -22,7 +22,7 @@ measured):
    (the reference's per-position lambda and reverse noise redrawn) and ``--collapsed_repeats``
    collapsed ones; the collapsed metrics are compared with the faithful spread.
 
-FLOPs: XLA's cost analysis of each compiled program (``experiments/bench_suite.py:xla_flops``).
+FLOPs: XLA's cost analysis of each compiled program (``experiments/bench/common.py:xla_flops``).
 XLA counts a ``while`` loop's body once, so an evaluation step (the 32-step reverse chain is a
 ``lax.scan``) is counted as ``cost(step) + (T - 1) * cost(one Approximator call)``, the latter
 from its own compiled program at the same width; the training step has no inner loop.
@@ -46,13 +46,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
-from bench_suite import xla_flops  # noqa: E402
+from bench.common import REFERENCE_SPEED, machine_load, xla_flops  # noqa: E402
 from configs import diffurec_beauty  # noqa: E402
 from diffrec_jax import seq_train as st  # noqa: E402
 from diffrec_jax.data.sequences import SeqSplit  # noqa: E402
 from diffrec_jax.models.diffurec import collapsed_padding_bias  # noqa: E402
 
-REF = st.REFERENCE_SPEED[("diffurec", "amazon_beauty")]
+REF = REFERENCE_SPEED[("diffurec", "amazon_beauty")]
 
 
 def _save(out_dir, res):
@@ -258,7 +258,7 @@ def main(argv=None):
            "python experiments/diffurec_collapsed.py " + " ".join(sys.argv[1:] if argv is None else argv))
     prev = res.get("commands", []) + ([res.pop("command")] if "command" in res else [])
     res["commands"] = prev + [cmd]  # one per invocation (stages may be split over several)
-    res["machine"] = st.machine_load()
+    res["machine"] = machine_load()
     res["reference_1thread"] = REF
     cfg_f = diffurec_beauty.get_config("faithful")
     cfg_c = diffurec_beauty.get_config("collapsed")
@@ -336,7 +336,7 @@ def main(argv=None):
         res["probe"] = probe(cfg_f, cfg_ce, data, params, rows_s[: a.probe_rows], k_valid)
         print("probe", res["probe"], flush=True)
         _save(a.out, res)
-    res["machine_end"] = st.machine_load()
+    res["machine_end"] = machine_load()
     _save(a.out, res)
 
 

@@ -55,7 +55,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
 
 def _full() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.task = "rerank"  # dispatched by diffrec_jax.train.run to diffrec_jax.rerank_train
+    c.task = "rerank"  # the registry's task of dcdr (diffrec_jax.training.rerank)
     c.seed = 1  # model init, batch order and noise (the world has its own data.seed)
     c.init_rank_feature = True  # every model sees each candidate's initial-ranking position
 
@@ -119,7 +119,7 @@ def _full() -> ml_collections.ConfigDict:
     c.train.pointwise_epochs = 5
     c.train.weight_decay = 0.0  # AdamW decoupled weight decay
     c.train.select_on_valid = True  # keep each model's epoch with the best validation loss
-    c.train.patience = 2  # stop a model after this many epochs without validation improvement (0: off)
+    c.train.patience_epochs = 3  # stop a model before epoch e once e - best_epoch >= this (0: off)
 
     c.infer = ml_collections.ConfigDict()
     c.infer.t_start = 10  # reverse steps from the initial list (the "noise scale" knob)

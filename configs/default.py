@@ -5,6 +5,29 @@ This default trains DiffRec on a small synthetic dataset the library generates, 
 on 2 CPU cores::
 
     python experiments/main.py --config=configs/default.py --workdir=/tmp/diffrec_synthetic
+
+One name per quantity. Every model, config and module uses these names for these quantities:
+
+==============================  =============================================================
+``diffusion.steps``             the number of diffusion (noising) steps T of a model's forward
+                                process, whatever the model (DiffRec, L-/T-DiffRec, DreamRec,
+                                DiffuRec, DiffKG, DCDR, GiffCF's filter steps, FlowCF's time grid).
+                                In code: ``num_steps`` (``schedule.num_steps``, ``model.num_steps``).
+``sampling.steps``              the number of reverse (network) steps run at inference, for the
+                                models that run fewer than T (FlowCF).
+``sampling.start_step``         DiffRec / L-DiffRec: how far the user's row is noised before the
+                                reverse chain (the reference's ``sampling_steps``; all T reverse
+                                steps run whatever it is).
+``train.patience_epochs``       early stopping, one rule for every task: before epoch e, stop once
+                                the run has been evaluated and e - best_epoch >= patience_epochs.
+``train.num_epochs``            the most epochs; ``train.eval_every_epochs`` how often validation
+                                runs (the last epoch and the one crossing ``time_budget_s`` too).
+``eval.select_metric``          the validation metric the best epoch is chosen by (higher is better;
+                                a name ending in ``loss``: lower), after rounding to
+                                ``eval.select_digits``.
+``fit``                         only a closed-form fit (EASE, ItemKNN, RP3beta, BSPM): no epochs.
+``"gelu"`` / ``"gelu_tanh"``     the exact (erf) GELU / its tanh approximation, in every module.
+==============================  =============================================================
 """
 
 import ml_collections
@@ -12,7 +35,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.task = "interactions"  # interactions (user rows) | sequential (next item from a history)
+    c.task = "interactions"  # the model's task in the registry (checked): interactions | sequential | rerank
     c.num_seeds = 1  # train this many seeds (seed, seed+1, ...) at once, vmapped; reports mean ± std
     c.seed = 1  # seeds init, data order (with the epoch) and every PRNG key (with the step)
 
@@ -70,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 400  # users per step (last partial batch kept, padded and masked)
     c.train.num_epochs = 30  # maximum epochs
     c.train.eval_every_epochs = 5  # evaluate (and checkpoint) every this many epochs
-    c.train.patience_epochs = 20  # stop when epoch - best_epoch >= this (checked each epoch)
+    c.train.patience_epochs = 20  # before epoch e: stop once evaluated and e - best_epoch >= this
     c.train.max_to_keep = 2  # checkpoints kept
     c.train.time_budget_s = 0.0  # stop after this many seconds of training + evaluation (0: none)
     c.train.num_devices = 0  # data-parallel devices (0: all visible); batches are sharded over them

@@ -89,7 +89,7 @@ def get_config(variant: str = "faithful"):
     c.train.batch_size = 512
     c.train.num_epochs = 500
     c.train.eval_every_epochs = 20
-    c.train.patience_epochs = 100  # 5 evaluations without improvement
+    c.train.patience_epochs = 101  # stop once 101 epochs passed without a better one: 5 evaluations
     c.train.sampling = "permutation"
     c.train.scan_steps = 16  # 257 steps per epoch
     # corrected: batches of similar history length cut to that width (exact with the key mask)

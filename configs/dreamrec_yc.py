@@ -75,7 +75,7 @@ def get_config(variant: str = "faithful"):
     c.train.batch_size = 256
     c.train.num_epochs = 1000
     c.train.eval_every_epochs = 5
-    c.train.patience_epochs = 25 if variant == "stopgrad" else 50
+    c.train.patience_epochs = 26 if variant == "stopgrad" else 51  # stop once this many epochs passed without a better one
     c.train.sampling = "independent" if faithful else "permutation"
     c.train.scan_steps = 278  # 1,668 steps per epoch = 6 calls
     c.train.max_to_keep = 2

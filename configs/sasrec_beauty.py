@@ -44,7 +44,7 @@ def get_config():
     c.train.batch_size = 256
     c.train.num_epochs = 200
     c.train.eval_every_epochs = 2
-    c.train.patience_epochs = 10
+    c.train.patience_epochs = 11  # stop once 11 epochs (5 evaluations) passed without a better one
     c.train.sampling = "permutation"
     c.train.scan_steps = 103  # 514 steps per epoch = 5 calls
     c.train.max_to_keep = 2

@@ -44,7 +44,7 @@ def get_config():
     c.train.batch_size = 256
     c.train.num_epochs = 100
     c.train.eval_every_epochs = 1
-    c.train.patience_epochs = 5
+    c.train.patience_epochs = 6  # stop once 6 epochs passed without a better one
     c.train.sampling = "permutation"
     c.train.scan_steps = 209  # 1,669 steps per epoch
     c.train.max_to_keep = 2

@@ -50,7 +50,7 @@ import numpy as np
 from diffrec_jax import metrics as metrics_lib
 from diffrec_jax import models as model_registry
 from diffrec_jax.checkpointing import Checkpointer
-from diffrec_jax.data.interactions import DataError
+from diffrec_jax.data import DataError
 
 __all__ = ["InferenceError", "ListRecommender", "Recommendations", "Recommender", "SequenceRecommender", "load",
            "MAX_HISTORY"]
@@ -130,7 +130,7 @@ def _id_maps(config, data_kind: str):
     if folder and os.path.isfile(os.path.join(folder, "id_maps.npz")):
         return IdMaps.load(os.path.join(folder, "id_maps.npz"))
     if data_kind == "interactions" and d.get("source") == "movielens":
-        from diffrec_jax.data.interactions import load_movielens
+        from diffrec_jax.data.movielens import load_movielens
 
         _, users, items = load_movielens(d.get("path") or d.dir, min_rating=d.get("min_rating"),
                                          split=tuple(d.split), return_ids=True)
@@ -171,14 +171,9 @@ def load(run_dir: str, *, data_dir: str | None = None, seed: int | None = None,
         raise InferenceError(f"{run_dir}: unknown task {task!r} in config.json")
     try:
         if data is None:
-            if task == "interactions":
-                from diffrec_jax.train import load_data
+            from diffrec_jax.data import load
 
-                data = load_data(config.data)
-            else:
-                from diffrec_jax.seq_train import load_seq_data
-
-                data = load_seq_data(config.data)
+            data = load(config.data)
         maps = _id_maps(config, task)
     except (DataError, OSError) as e:
         raise InferenceError(f"{run_dir}: cannot read the run's dataset: {e}") from None
@@ -195,6 +190,12 @@ def load(run_dir: str, *, data_dir: str | None = None, seed: int | None = None,
             "experiments/main.py with this workdir)")
     cls = Recommender if task == "interactions" else SequenceRecommender
     return cls(run_dir, config, data, maps, best, seed, int(batch_size))
+
+
+def _keeps_fit(model) -> bool:
+    """Whether ``best/`` holds ``{"params", "model_state"}`` (a closed-form fit, or a model that
+    owns its epoch and scores with arrays of its state, as DiffKG) rather than the parameters."""
+    return bool(getattr(model, "closed_form", False)) or hasattr(model, "train_epoch")
 
 
 class Recommender:
@@ -236,7 +237,7 @@ class Recommender:
                 model = self._build(config)
             except (ValueError, TypeError, KeyError) as e:
                 raise InferenceError(f"{self.run_dir}: cannot build {config.model.name!r} from config.json: {e}") from None
-            if not getattr(model, "closed_form", False):  # init sets the module structure; no arrays made
+            if not _keeps_fit(model):  # init sets the module structure; no arrays made
                 self._abstract = jax.eval_shape(lambda: model.init(jax.random.key(0)))
             self._models[key] = model
         return self._models[key]
@@ -245,7 +246,7 @@ class Recommender:
         ck = Checkpointer(best_dir, read_only=True)  # never creates or cleans anything in the run
         try:
             step = ck.latest_step()
-            if getattr(self.model, "closed_form", False):
+            if _keeps_fit(self.model):
                 state, meta = ck.restore_untyped(step)
                 if not isinstance(state, dict) or set(state) != {"params", "model_state"}:
                     raise InferenceError(f"{self.run_dir}: {best_dir} does not hold a closed-form fit")
@@ -372,7 +373,7 @@ class Recommender:
         return int(k)
 
     def _key(self, seed):
-        if seed is None:  # the run's evaluation key (train.py / seq_train.py split the seed in 3)
+        if seed is None:  # the run's evaluation key (the training tasks split the seed in 3)
             return jax.random.split(jax.random.key(self.seed), 3)[2]
         if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
             return seed
@@ -546,10 +547,11 @@ class SequenceRecommender(Recommender):
     task = "sequential"
 
     def _build(self, config):
-        from diffrec_jax import seq_train
+        from diffrec_jax import models
+        from diffrec_jax.training import sequences
 
-        seq_train.validate_config(config, self.data)
-        return seq_train.get_model(config, self.data)
+        sequences.validate_config(config, self.data)
+        return models.get_model(config, self.data)
 
     @property
     def n_users(self) -> int:
@@ -693,13 +695,13 @@ class ListRecommender:
     task = "rerank"
 
     def __init__(self, run_dir, config, best_dir):
-        from diffrec_jax import rerank_train
+        from diffrec_jax.data import load
         from diffrec_jax.models import dcdr
 
         self.run_dir, self.config = run_dir, config
         try:
             dcdr.DCDR.validate_config(config)
-            self.world = rerank_train.make_world(config.data)
+            self.world = load(config.data)
             self.model = dcdr.DCDR(config, self.world)
             self.evaluator = dcdr.ListEvaluator(config, self.world)
         except (ValueError, TypeError, KeyError) as e:
@@ -741,8 +743,8 @@ class ListRecommender:
           ``items [R, n]`` the generated list, ``scores [R, n]`` the evaluator's click probability
           of each slot.
         """
-        from diffrec_jax import rerank_train
         from diffrec_jax.models import dcdr
+        from diffrec_jax.training import rerank
 
         w, run = self.world, self.run_dir
         users = np.atleast_1d(np.asarray(users))
@@ -764,9 +766,9 @@ class ListRecommender:
         if init.shape != cands.shape or any(sorted(r.tolist()) != list(range(self.n)) for r in init):
             raise InferenceError(f"{run}: initial must be a permutation of 0..{self.n - 1} per request")
         cond = condition or self.config.infer.get("condition", "all_positive")
-        if cond not in rerank_train.CONDITIONS or cond == "observed":
+        if cond not in rerank.CONDITIONS or cond == "observed":
             raise InferenceError(f"{run}: condition must be one of "
-                                 f"{[c for c in rerank_train.CONDITIONS if c != 'observed']} (a request has no "
+                                 f"{[c for c in rerank.CONDITIONS if c != 'observed']} (a request has no "
                                  f"observed responses), got {cond!r}")
         arrays = {"user": jnp.asarray(users, jnp.int32), "cands": jnp.asarray(cands, jnp.int32),
                   "hist": jnp.asarray(w.history[users]), "init": jnp.asarray(init, jnp.int32)}
@@ -777,8 +779,8 @@ class ListRecommender:
             icfg = icfg.copy_and_resolve_references()
             with icfg.unlocked():
                 icfg.seed = int(seed)
-        out = rerank_train.run_dcdr_inference(self.model, self.params, self.evaluator, self.eparams, arrays,
-                                              len(users), cond, icfg)
+        out = rerank.generate_lists(self.model, self.params, self.evaluator, self.eparams, arrays,
+                                    len(users), cond, icfg)
         lists = out["lists"]
         ctx = dcdr.Context(arrays["user"], arrays["cands"], arrays["hist"], arrays.get("rank"))
         probs = jax.nn.sigmoid(self._logits(self.eparams, ctx, jnp.asarray(lists))[:, :, 0])

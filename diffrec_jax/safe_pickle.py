@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from diffrec_jax.data.interactions import DataError
+from diffrec_jax.data.containers import DataError
 
 __all__ = [
     "ALLOWED_GLOBALS",

@@ -67,7 +67,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     from configs import test as test_config
-    from diffrec_jax import export, inference, train
+    from diffrec_jax import export, inference, training
     os.makedirs(_OUT.value, exist_ok=True)
     shutil.rmtree(_WORKDIR.value, ignore_errors=True)  # a scratch run: never resume another size
     load0 = [round(x, 2) for x in os.getloadavg()]
@@ -79,7 +79,7 @@ def main(argv):
     c.eval.batch_size = 256
     t0 = time.perf_counter()
     small = popularity_catalogue(_TRAIN_USERS.value, _ITEMS.value, seed=1)
-    train.train_and_evaluate(c, _WORKDIR.value, data=small)
+    training.train_and_evaluate(c, _WORKDIR.value, data=small)
     train_s = time.perf_counter() - t0
     rss_after_train = _peak_rss_gb()
     rec = inference.load(_WORKDIR.value, data=full, batch_size=_BATCH.value)

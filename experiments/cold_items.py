@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffrec_jax import seq_train as S  # noqa: E402
+from diffrec_jax.data import load  # noqa: E402
+from diffrec_jax.training import sequences  # noqa: E402
 
 
 def _define_flags():
@@ -50,8 +51,8 @@ def _metrics(rank: np.ndarray) -> dict:
 
 
 def analyse(config, workdir: str, rows: int) -> dict:
-    data = S.load_seq_data(config.data)
-    model, params, model_state, step = S.restore_best(config, data, workdir)
+    data = load(config.data)
+    model, params, model_state, step = sequences.restore_best(config, data, workdir)
     warm = data.train_items()
     out = {"epoch": step, "cold_target_fraction": data.cold_target_fraction()}
     net = getattr(model, "net", None)
@@ -61,17 +62,17 @@ def analyse(config, workdir: str, rows: int) -> dict:
         cold = ~warm & items
         out["median_norm"] = {"warm": float(np.median(norms[warm])),
                                "cold": float(np.median(norms[cold])) if cold.any() else None}
-    arrays = S.split_arrays(data.test)
+    arrays = sequences.split_arrays(data.test)
     n = min(rows, len(data.test))
     score = jax.jit(lambda p, b, k: model.score(p, model_state, b, k))
     ranks, cold_top, tops = [], [], []
     for s in range(0, n, 1000):
         idx = jnp.arange(s, min(n, s + 1000))
-        batch = S._gather(arrays, idx)
+        batch = sequences.gather(arrays, idx)
         keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(int(config.seed)), r))(idx)
         sc = np.array(score(params, batch, keys))
         sc[:, data.pad_id] = -np.inf
-        ranks.append(np.asarray(S.target_rank(jnp.asarray(sc), batch["target"])))  # the evaluator's rank
+        ranks.append(np.asarray(sequences.target_rank(jnp.asarray(sc), batch["target"])))  # the evaluator's rank
         top = np.argpartition(-sc, 20, axis=1)[:, :20]
         cold_top.append((~warm[top]).mean(1))
         tops.append(top)

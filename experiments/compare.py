@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from diffrec_jax import train  # noqa: E402
+from diffrec_jax import cli, training  # noqa: E402
+from diffrec_jax.data import load  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Output folder.")
 _DATASETS = flags.DEFINE_list("datasets", ["ml1m", "ml100k"], "ml1m, ml100k")
@@ -115,7 +116,7 @@ def base_config(model: str, dataset: str, shared: str):
 
 
 def apply(cfg, overrides: dict):
-    return train.override(cfg, overrides, allow_new=True)
+    return cli.override(cfg, overrides, allow_new=True)
 
 
 def run_or_load(cfg, workdir: str) -> dict:
@@ -123,7 +124,7 @@ def run_or_load(cfg, workdir: str) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    return train.run(cfg, workdir)
+    return training.train_and_evaluate(cfg, workdir)
 
 
 def needs_item_emb(cfg) -> bool:
@@ -132,12 +133,12 @@ def needs_item_emb(cfg) -> bool:
 
 def ensure_item_emb(cfg, dataset: str, shared: str, root: str, seed: int):
     """Points L-DiffRec at LightGCN item embeddings when the dataset ships none."""
-    data = train.load_data(cfg.data)
+    data = load(cfg.data)
     if data.item_emb is not None:
         return cfg
     emb_path = os.path.join(root, dataset, "lightgcn_item_emb", "item_emb.npy")
     if not os.path.exists(emb_path):
-        from diffrec_jax.models.lightgcn import pretrain_item_embeddings
+        from diffrec_jax.training.pretrain import pretrain_item_embeddings
 
         lcfg = apply(base_config("lightgcn", dataset, shared), {"seed": seed})
         pretrain_item_embeddings(lcfg, data, os.path.dirname(emb_path))

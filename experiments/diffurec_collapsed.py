@@ -15,7 +15,7 @@ measured):
    (``--params``) and used by the next stages: a briefly trained model.
 3. ``eval``: the faithful evaluation of ``--spread_rows`` seeded validation rows (extrapolated per
    row to the split: its cost does not depend on the history) and a *full* validation pass of the
-   collapsed evaluation (``eval.collapse_padding``), both with ``seq_train.eval_plan`` /
+   collapsed evaluation (``eval.collapse_padding``), both with ``sequences.eval_plan`` /
    ``make_eval_step`` / ``average_rows`` as ``eval_split`` uses them, every width compiled ahead
    of time (compile time reported apart).
 4. ``spread``: on the same rows, ``--repeats`` more faithful evaluations with other evaluation keys
@@ -48,7 +48,11 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 from bench.common import REFERENCE_SPEED, machine_load, xla_flops  # noqa: E402
 from configs import diffurec_beauty  # noqa: E402
-from diffrec_jax import seq_train as st  # noqa: E402
+from diffrec_jax import models  # noqa: E402
+from diffrec_jax.data import load  # noqa: E402
+from diffrec_jax.training import batching, sequences  # noqa: E402
+from diffrec_jax.training.optim import make_optimizer  # noqa: E402
+from diffrec_jax.training.steps import init_state  # noqa: E402
 from diffrec_jax.data.sequences import SeqSplit  # noqa: E402
 from diffrec_jax.models.diffurec import collapsed_padding_bias  # noqa: E402
 
@@ -68,15 +72,15 @@ def _compile_chunk(fn, state, arrays, ib, mb, k):
 
 
 def train_faithful(cfg, data, steps: int) -> dict:
-    model = st.get_model(cfg, data)
+    model = models.get_model(cfg, data)
     N, bs = len(data.train), int(cfg.train.batch_size)
     spe = -(-N // bs)
-    tx = st.make_seq_optimizer(cfg.optim, spe)
+    tx = make_optimizer(cfg.optim, spe)
     k_init, k_train, _ = jax.random.split(jax.random.key(int(cfg.seed)), 3)
-    state = st.init_state(model, tx, k_init)
-    arrays = st.split_arrays(data.train)
-    idx, mask = st.epoch_batches(N, bs, int(cfg.seed), 1, "permutation")
-    c, c_s, flops = _compile_chunk(st.make_train_chunk(model, tx), state, arrays, idx[0], mask[0], k_train)
+    state = init_state(model, tx, k_init)
+    arrays = sequences.split_arrays(data.train)
+    idx, mask = batching.epoch_batches(N, bs, int(cfg.seed), 1, "permutation")
+    c, c_s, flops = _compile_chunk(sequences.make_train_chunk(model, tx), state, arrays, idx[0], mask[0], k_train)
     state, ls = c(state, arrays, idx[0][None], mask[0][None], np.ones(1, bool), k_train)
     jax.block_until_ready(ls)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -91,21 +95,21 @@ def train_faithful(cfg, data, steps: int) -> dict:
 
 
 def train_collapsed(cfg, data) -> tuple[dict, object, object]:
-    model = st.get_model(cfg, data)
+    model = models.get_model(cfg, data)
     bs = int(cfg.train.batch_size)
-    bucket_N, widths = st.train_bucket_index(model, data, tuple(cfg.train.length_buckets))
-    batches = st.bucketed_epoch_batches(bucket_N, len(widths), bs, int(cfg.seed), 1)
+    bucket_N, widths = sequences.train_bucket_index(model, data, tuple(cfg.train.length_buckets))
+    batches = batching.bucketed_epoch_batches(bucket_N, len(widths), bs, int(cfg.seed), 1)
     spe = len(batches)
-    tx = st.make_seq_optimizer(cfg.optim, spe)
+    tx = make_optimizer(cfg.optim, spe)
     k_init, k_train, _ = jax.random.split(jax.random.key(int(cfg.seed)), 3)
-    state = st.init_state(model, tx, k_init)
-    arrays = st.split_arrays(data.train)
+    state = init_state(model, tx, k_init)
+    arrays = sequences.split_arrays(data.train)
     compiled, per_w = {}, {}
     comp_s = 0.0
     for b, ib, mb in batches:
         w = widths[b]
         if w not in compiled:
-            fn = st.make_train_chunk(model, tx, None if w == data.max_len else w)
+            fn = sequences.make_train_chunk(model, tx, None if w == data.max_len else w)
             compiled[w] = _compile_chunk(fn, state, arrays, ib, mb, k_train)
             comp_s += compiled[w][1]
             print(f"  compiled width {w}: {compiled[w][1]:.1f} s, {compiled[w][2] / 1e9:.1f} GFLOP", flush=True)
@@ -151,7 +155,7 @@ _MODELS: dict = {}
 def _model(name, cfg, data):
     """One model object per evaluation form (the evaluator caches compiled steps per model)."""
     if name not in _MODELS:
-        _MODELS[name] = st.get_model(cfg, data)
+        _MODELS[name] = models.get_model(cfg, data)
         _MODELS[name].init(jax.random.key(0))
     return _MODELS[name]
 
@@ -160,44 +164,44 @@ _COMPILED: dict = {}
 
 
 def eval_rows(name, cfg, data, params, rows: np.ndarray, key) -> dict:
-    """One evaluation of validation ``rows`` as ``seq_train.eval_split`` does it (same plan, same
+    """One evaluation of validation ``rows`` as ``sequences.eval_split`` does it (same plan, same
     per-row keys, same averaging), with each width's step compiled ahead of time (not timed) so
     that the timed part is the batches alone; FLOPs from the compiled programs."""
     model = _model(name, cfg, data)
     sp = data.valid
     sub = SeqSplit(sp.seq[rows], sp.lengths[rows], sp.targets[rows])
-    arr = st.split_arrays(sub)
+    arr = sequences.split_arrays(sub)
     n = rows.size
     bs = min(int(cfg.eval.batch_size), n)
     ks = tuple(int(k) for k in cfg.eval.topk)
-    plan = st.eval_plan(model, n, bs, lengths=sub.lengths, buckets=st.eval_length_buckets(cfg),
+    plan = sequences.eval_plan(model, n, bs, lengths=sub.lengths, buckets=sequences.eval_length_buckets(cfg),
                         max_len=data.max_len)
     step = {}
     comp_s = 0.0
     for w, _ in plan:
         if (name, w, n) not in _COMPILED:
-            fn = st.make_eval_step(model, ks, data.pad_id, bool(cfg.eval.get("score_padding", True)), w)
+            fn = sequences.make_eval_step(model, ks, data.pad_id, bool(cfg.eval.get("score_padding", True)), w)
             t0 = time.perf_counter()
             c = fn.lower(params, {}, arr, jnp.zeros((bs,), jnp.int32), key).compile()
             width = data.max_len if w is None else w
             _COMPILED[(name, w, n)] = (c, xla_flops(c) + (model.T - 1) * _approx_flops(model, params, width, bs))
             comp_s += time.perf_counter() - t0
         step[w] = _COMPILED[(name, w, n)]
-    names = st.metric_names(ks)
+    names = sequences.metric_names(ks)
     vals = np.zeros((n, len(names)), np.float32)
     per_w: dict = {}
     total = 0.0
     t0, c0 = time.perf_counter(), time.process_time()
     for w, r in plan:
-        idx, _ = st.padded_batches(r.astype(np.int32), bs)
+        idx, _ = batching.padded_batches(r.astype(np.int32), bs)
         outs = [step[w][0](params, {}, arr, idx[b], key) for b in range(idx.shape[0])]
         vals[r] = np.concatenate(jax.device_get(outs), 0)[: r.size]
         width = str(data.max_len if w is None else w)
         per_w[width] = per_w.get(width, 0) + idx.shape[0]
         total += idx.shape[0] * step[w][1]
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    exact = st.average_rows(vals, names)
-    ref = st.average_rows(vals, names, batch_mean_of=int(cfg.eval.get("batch_mean_of", 0) or 0))
+    exact = sequences.average_rows(vals, names)
+    ref = sequences.average_rows(vals, names, batch_mean_of=int(cfg.eval.get("batch_mean_of", 0) or 0))
     return {"rows": n, "pass_s": dt, "pass_cpu_s": dc, "compile_s": comp_s, "batches_per_width": per_w,
             "tflop": total / 1e12, "gflops_per_s": total / dt / 1e9, "gflops_per_cpu_s": total / dc / 1e9,
             "metrics_exact": exact, "metrics_reference": ref}
@@ -218,7 +222,7 @@ def probe(cfg_f, cfg_ce, data, params, rows, key) -> dict:
         keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(jnp.asarray(rows))
         x = jax.jit(lambda p, s, kk: model.generate(p, {"seq": s}, kk))(params, seq, keys)
         sc = x @ E.T
-        return x, st.target_rank(sc, tgt), jax.lax.top_k(sc, 10)[1]
+        return x, sequences.target_rank(sc, tgt), jax.lax.top_k(sc, 10)[1]
 
     k2 = jax.random.fold_in(key, 77)
     fa, fb, ca = run(mf, key), run(mf, k2), run(mc, key)
@@ -264,7 +268,7 @@ def main(argv=None):
     cfg_c = diffurec_beauty.get_config("collapsed")
     cfg_ce = diffurec_beauty.get_config("faithful")
     cfg_ce.eval.collapse_padding = True  # the faithful model evaluated with collapsed padding
-    data = st.load_seq_data(cfg_f.data)
+    data = load(cfg_f.data)
     print(data, flush=True)
 
     if "train_faithful" in stages:

@@ -24,7 +24,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffrec_jax import inference, models, train  # noqa: E402
+from diffrec_jax import inference, models  # noqa: E402
+from diffrec_jax.training.interactions import DeviceData, evaluate  # noqa: E402
+from diffrec_jax.training.steps import TrainState  # noqa: E402
 
 
 def main(argv=None):
@@ -38,7 +40,7 @@ def main(argv=None):
     seeds = [int(cfg0.seed) + i for i in range(int(cfg0.get("num_seeds", 1) or 1))]
     recs = [inference.load(a.run, seed=s) for s in seeds]
     data = recs[0].data
-    dd = train.DeviceData.from_data(data)
+    dd = DeviceData.from_data(data)
     out = {"run": a.run, "trained_sampling_steps": int(cfg0.sampling.steps), "n_steps": int(cfg0.model.n_steps),
            "seeds": seeds, "epochs": [int(r.epoch) for r in recs], "rows": []}
     for n in steps:
@@ -49,11 +51,11 @@ def main(argv=None):
         model.init(jax.random.key(0))
         per_seed, secs = [], []
         for s, rec in zip(seeds, recs):
-            st = train.TrainState(jnp.zeros((), jnp.int32), rec.params, None, rec.model_state)
+            st = TrainState(jnp.zeros((), jnp.int32), rec.params, None, rec.model_state)
             key = jax.random.split(jax.random.key(s), 3)[2]
-            train.evaluate(model, st, dd, data.n_users, cfg.eval, key)  # compile
+            evaluate(model, st, dd, data.n_users, cfg.eval, key)  # compile
             t0 = time.perf_counter()
-            res = train.evaluate(model, st, dd, data.n_users, cfg.eval, key)
+            res = evaluate(model, st, dd, data.n_users, cfg.eval, key)
             secs.append(time.perf_counter() - t0)
             per_seed.append(res)
         row = {"steps": n, "eval_s": float(np.mean(secs)), "ms_per_user": 1e3 * float(np.mean(secs)) / data.n_users}
@@ -61,7 +63,7 @@ def main(argv=None):
             for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
                 v = [r[split][m] for r in per_seed]
                 row[f"{split}/{m}"] = float(np.mean(v))
-                row[f"{split}/{m}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # as train.mean_std
+                row[f"{split}/{m}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # as training.loop.mean_std
                 row[f"{split}/{m}_per_seed"] = [float(x) for x in v]
         out["rows"].append(row)
         print(f"steps={n}: valid R@20 {row['valid/recall@20']:.4f}  test R@10 {row['test/recall@10']:.4f} "

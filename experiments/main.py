@@ -26,13 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffrec_jax import train  # noqa: E402
-from diffrec_jax.checkpointing import CheckpointError  # noqa: E402
-from diffrec_jax.data import DataError  # noqa: E402
-
-# Errors that describe the user's input (data files, config fields, a run directory), each naming
-# the file or the field: printed as one line. Anything else keeps its traceback.
-USER_ERRORS = (DataError, CheckpointError, FloatingPointError, ValueError, FileNotFoundError)
+from diffrec_jax import cli, training  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, results).")
@@ -56,12 +50,8 @@ def main(argv):
         if _CPU_GLOO.value:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-    try:
-        results = train.run(_CONFIG.value, _WORKDIR.value)
-    except USER_ERRORS as e:  # bad data or settings: one line, no traceback (DIFFREC_TRACEBACK=1 shows it)
-        if os.environ.get("DIFFREC_TRACEBACK"):
-            raise
-        raise SystemExit(f"error: {e}") from None
+    # bad data or settings: one line, no traceback (DIFFREC_TRACEBACK=1 shows it)
+    results = cli.one_line_errors(training.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
     keys = [k for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20") if k in results["test"]]
     print(
         f"best epoch {results['best_epoch']}: test "
@@ -71,5 +61,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    train.refuse_repeated_overrides(sys.argv[1:])  # before absl parses (and concatenates) them
+    cli.refuse_repeated_overrides(sys.argv[1:])  # before absl parses (and concatenates) them
     app.run(main)

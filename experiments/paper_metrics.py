@@ -24,7 +24,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from diffrec_jax import metrics as M  # noqa: E402
-from diffrec_jax import models, train  # noqa: E402
+from diffrec_jax import models  # noqa: E402
+from diffrec_jax.data import load  # noqa: E402
+from diffrec_jax.training.interactions import DeviceData  # noqa: E402
 from diffrec_jax.checkpointing import Checkpointer  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run (config.json, best/ or closed form).")
@@ -53,7 +55,7 @@ def both_recalls(scores, seen, truth, ks):
 
 
 def evaluate_params(model, params, model_state, data, ks, batch=500):
-    dd = train.DeviceData.from_data(data)
+    dd = DeviceData.from_data(data)
     score = jax.jit(lambda x: model.score(params, model_state, x, jax.random.key(0)))
     acc = {"valid": {}, "test": {}}
     counts = {"valid": 0.0, "test": 0.0}
@@ -75,7 +77,7 @@ def main(argv):
     with open(os.path.join(wd, "config.json")) as f:
         cfg = ml_collections.ConfigDict(json.load(f))
     ks = [int(k) for k in _KS.value]
-    data = train.load_data(cfg.data)
+    data = load(cfg.data)
     model = models.get_model(cfg, data)
     out = {"workdir": wd, "model": cfg.model.name, "per_seed": []}
     if getattr(model, "closed_form", False):

@@ -33,7 +33,7 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffrec_jax.models import lightgcn  # noqa: E402
+from diffrec_jax.training.pretrain import pretrain_item_embeddings  # noqa: E402
 
 
 def lightgcn_defaults() -> ml_collections.ConfigDict:
@@ -99,7 +99,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     std_logging.getLogger("diffrec_jax").setLevel(std_logging.INFO)
     config = make_config(_CONFIG.value, _LGCN.value)
-    emb = lightgcn.pretrain_item_embeddings(config, None, _WORKDIR.value)
+    emb = pretrain_item_embeddings(config, None, _WORKDIR.value)
     path = os.path.join(_WORKDIR.value, "item_emb.npy")
     if _OUT.value:
         os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)

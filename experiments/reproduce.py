@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffrec_jax import train  # noqa: E402
+from diffrec_jax import training  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the per-seed runs and the summary.")
@@ -81,7 +81,7 @@ def main(argv):
         cfg = base.copy_and_resolve_references()
         with cfg.unlocked():
             cfg.seed = int(s)
-        runs.append(train.run(cfg, wd))
+        runs.append(training.train_and_evaluate(cfg, wd))
     model, dataset = runs[0]["model"], runs[0]["dataset"]
     summ = summarize(runs)
     paper = PAPER.get((model, dataset), {})

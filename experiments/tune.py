@@ -77,14 +77,15 @@ def make_trials(space: dict[str, list], search: str, trials: int, seed: int) -> 
 
 
 def apply(cfg, overrides: dict):
-    from diffrec_jax import train
+    from diffrec_jax import cli
 
-    return train.override(cfg, overrides)
+    return cli.override(cfg, overrides)
 
 
 def run_trial(cfg, workdir: str, num_seeds: int) -> dict:
     """Trains ``num_seeds`` seeds; returns ``{"valid": mean, "test": mean, "test_std": ..., ...}``."""
-    from diffrec_jax import train
+    from diffrec_jax import training
+    from diffrec_jax.training.loop import mean_std
 
     path = os.path.join(workdir, "results.json")
     if os.path.exists(path):
@@ -93,15 +94,15 @@ def run_trial(cfg, workdir: str, num_seeds: int) -> dict:
     if cfg.get("task", "interactions") == "interactions":
         with cfg.unlocked():
             cfg.num_seeds = num_seeds
-        return train.run(cfg, workdir)  # one seed: no *_std keys (the summary reads them as 0)
+        return training.train_and_evaluate(cfg, workdir)  # one seed: no *_std keys (the summary reads them as 0)
     runs = []
     for s in range(num_seeds):
         c = apply(cfg, {"seed": int(cfg.seed) + s})
-        runs.append(train.run(c, os.path.join(workdir, f"seed_{int(cfg.seed) + s}")))
+        runs.append(training.train_and_evaluate(c, os.path.join(workdir, f"seed_{int(cfg.seed) + s}")))
     out = {"per_seed": [{"seed": int(cfg.seed) + s, "test": r["test"], "valid": r["valid"],
                          "best_epoch": r["best_epoch"]} for s, r in enumerate(runs)]}
     for split in ("test", "valid"):
-        out[split], out[f"{split}_std"] = train.mean_std([r[split] for r in runs])
+        out[split], out[f"{split}_std"] = mean_std([r[split] for r in runs])
     out["train_time_s"] = float(sum(r["train_time_s"] for r in runs))
     out["eval_time_s"] = float(sum(r["eval_time_s"] for r in runs))
     with open(path, "w") as f:
@@ -178,7 +179,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from diffrec_jax import train
+    from diffrec_jax import cli
 
-    train.refuse_repeated_overrides(sys.argv[1:])  # before absl parses (and concatenates) them
+    cli.refuse_repeated_overrides(sys.argv[1:])  # before absl parses (and concatenates) them
     app.run(main)

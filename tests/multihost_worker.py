@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from diffrec_jax import training  # noqa: E402
 
 if __name__ == "__main__":
     pid, nproc, port, workdir, epochs = sys.argv[1:6]
@@ -22,9 +23,8 @@ if __name__ == "__main__":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", num_processes=int(nproc), process_id=int(pid))
     from configs import test as test_config
-    from diffrec_jax import train
 
     c = test_config.get_config()
     c.train.num_devices, c.num_seeds, c.train.num_epochs = 0, 2, int(epochs)
-    res = train.train_and_evaluate(c, workdir)
+    res = training.train_and_evaluate(c, workdir)
     print("RESULT", json.dumps({"devices": jax.device_count(), "test": res["test"]}), flush=True)

@@ -19,11 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import models, train  # noqa: E402
+from diffrec_jax import models  # noqa: E402
 from diffrec_jax.checkpointing import Checkpointer  # noqa: E402
 from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.models import baselines, lightgcn  # noqa: E402
 from diffrec_jax.models.multvae import MultVAE  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.data import load as load_data  # noqa: E402
+from diffrec_jax.training import interactions  # noqa: E402
+from diffrec_jax.training.pretrain import pretrain_item_embeddings  # noqa: E402
+from diffrec_jax.training.steps import TrainState  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,12 +268,12 @@ def test_lightgcn_sampling_and_bpr_loss(np_rng):
 def popularity_recall():
     """Test recall@10 of most-popular ranking on the tiny synthetic config."""
     c = test_config.get_config()
-    data = train.load_data(c.data)
+    data = load_data(c.data)
     pop = jnp.asarray(np.bincount(data.train.indices, minlength=data.n_items), jnp.float32)
     model = types.SimpleNamespace(score=lambda p, s, x, k: jnp.broadcast_to(pop, x.shape))
-    state = train.TrainState(jnp.zeros((), jnp.int32), {}, None, {})
-    dd = train.DeviceData.from_data(data)
-    res = train.evaluate(model, state, dd, data.n_users, c.eval, jax.random.key(0))
+    state = TrainState(jnp.zeros((), jnp.int32), {}, None, {})
+    dd = interactions.DeviceData.from_data(data)
+    res = interactions.evaluate(model, state, dd, data.n_users, c.eval, jax.random.key(0))
     return res["test"]["recall@10"]
 
 
@@ -281,7 +286,7 @@ def popularity_recall():
     ],
 )
 def test_closed_form_end_to_end(tmp_path, popularity_recall, name, fields):
-    res = train.train_and_evaluate(_cfg(name, **fields), str(tmp_path))
+    res = training.train_and_evaluate(_cfg(name, **fields), str(tmp_path))
     assert res["best_epoch"] == 1 and (tmp_path / "results.json").exists()
     assert res["test"]["recall@10"] > popularity_recall + 0.05
 
@@ -290,7 +295,7 @@ def test_multvae_end_to_end_counter_checkpointed(tmp_path, popularity_recall):
     c = _cfg("multvae", enc_dims=(200, 64))
     c.optim.lr = 1e-2
     c.train.num_epochs, c.train.eval_every_epochs = 6, 3
-    res = train.train_and_evaluate(c, str(tmp_path))
+    res = training.train_and_evaluate(c, str(tmp_path))
     assert res["test"]["recall@10"] > popularity_recall + 0.05
     lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in lines if "train/loss" in r]
@@ -307,7 +312,7 @@ def test_lightgcn_end_to_end_and_pretrained_embeddings(tmp_path, popularity_reca
     c = _cfg("lightgcn", emb_dim=16, samples_per_user=8)
     c.optim.lr = 1e-2
     c.train.num_epochs, c.train.eval_every_epochs = 6, 3
-    emb = lightgcn.pretrain_item_embeddings(c, None, str(tmp_path))
+    emb = pretrain_item_embeddings(c, None, str(tmp_path))
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["test"]["recall@10"] > popularity_recall
     assert emb.shape == (60, 16) and emb.dtype == np.float32

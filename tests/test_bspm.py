@@ -16,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import models, train  # noqa: E402
+from diffrec_jax import models  # noqa: E402
 from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.models import bspm  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.data import load as load_data  # noqa: E402
+from diffrec_jax.training import interactions  # noqa: E402
+from diffrec_jax.training.steps import TrainState  # noqa: E402
 
 
 def _dense(seed=0, n_users=30, n_items=8):
@@ -142,11 +146,11 @@ def test_validate_config_names_the_field():
 
 def test_bspm_end_to_end_beats_popularity(tmp_path):
     c = _cfg(factor_dim=16)
-    data = train.load_data(c.data)
+    data = load_data(c.data)
     pop = jnp.asarray(np.bincount(data.train.indices, minlength=data.n_items), jnp.float32)
     pop_model = types.SimpleNamespace(score=lambda p, s, x, k: jnp.broadcast_to(pop, x.shape))
-    st = train.TrainState(jnp.zeros((), jnp.int32), {}, None, {})
-    pop_res = train.evaluate(pop_model, st, train.DeviceData.from_data(data), data.n_users, c.eval, jax.random.key(0))
-    res = train.train_and_evaluate(c, str(tmp_path))
+    st = TrainState(jnp.zeros((), jnp.int32), {}, None, {})
+    pop_res = interactions.evaluate(pop_model, st, interactions.DeviceData.from_data(data), data.n_users, c.eval, jax.random.key(0))
+    res = training.train_and_evaluate(c, str(tmp_path))
     assert res["best_epoch"] == 1 and (tmp_path / "results.json").exists()
     assert res["test"]["recall@10"] > pop_res["test"]["recall@10"] + 0.05

@@ -1,8 +1,8 @@
 """Tests of diffrec_jax.data.load: one entry point for every ``config.data.source``.
 
 ``load(config.data)`` must give the same dataset as calling the source's loader directly with the
-fields the trainers pass today (``train.load_data``, ``seq_train.load_seq_data``,
-``rerank_train.make_world``), including the defaults of absent fields.
+fields the trainers passed before it (the former ``train.load_data``, ``seq_train.load_seq_data``
+and ``rerank_train.make_world``), including the defaults of absent fields.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_bad_time_weights(tw):
 
 
 def test_synthetic_seq_defaults_and_max_len():
-    # max_len absent or None: 10, as seq_train.load_seq_data
+    # max_len absent or None: 10, as the sequential trainer always did
     want = S.make_synthetic_sequences(**SYN_SEQ, max_len=10)
     assert_same(D.load(cfg(source="synthetic_seq", synthetic_seq=SYN_SEQ)), want)
     assert_same(D.load(cfg(source="synthetic_seq", synthetic_seq=SYN_SEQ, max_len=None)), want)
@@ -117,7 +117,7 @@ def test_synthetic_seq_defaults_and_max_len():
 
 def test_rerank_synthetic():
     assert_same(D.load(cfg(source="rerank_synthetic", **RERANK)), RS.make_rerank_world(**RERANK))
-    # None fields fall back to make_rerank_world's defaults, as rerank_train.make_world
+    # None fields fall back to make_rerank_world's defaults, as the rerank trainer always did
     assert_same(D.load(cfg(source="rerank_synthetic", **RERANK, swaps_mean=None, m=None)),
                 RS.make_rerank_world(**RERANK))
 

@@ -16,6 +16,7 @@ import pytest
 
 from diffrec_jax.data import rerank_synthetic as RS
 from diffrec_jax.models import dcdr as D
+from diffrec_jax.training import rerank  # noqa: E402
 
 SCHED = D.make_discrete_schedule(6, "linear", 0.1, 0.4)
 
@@ -249,11 +250,10 @@ def test_denoiser_shapes_and_loss_finite():
 
 
 def test_swap_search_neighbours_and_monotone_under_exact_utility():
-    from diffrec_jax import rerank_train as RT
 
     w = _tiny_world()
     s = w.test.take(np.arange(20))
-    nb = np.asarray(RT.swap_neighbours(jnp.asarray(s.init)))
+    nb = np.asarray(rerank.swap_neighbours(jnp.asarray(s.init)))
     assert nb.shape == (20, 1 + w.n * (w.n - 1) // 2, w.n)
     np.testing.assert_array_equal(nb[:, 0], s.init)
     assert all(len({tuple(r) for r in nb[q]}) == nb.shape[1] for q in range(20))  # all distinct
@@ -264,8 +264,8 @@ def test_swap_search_neighbours_and_monotone_under_exact_utility():
         return jnp.asarray(RS.expected_clicks(w, s.user, s.cands, np.asarray(c)))
 
     u0 = RS.expected_clicks(w, s.user, s.cands, s.init)
-    one = np.asarray(RT.swap_search(exact, jnp.asarray(s.init), 1))
-    two = np.asarray(RT.swap_search(exact, jnp.asarray(s.init), 2))
+    one = np.asarray(rerank.swap_search(exact, jnp.asarray(s.init), 1))
+    two = np.asarray(rerank.swap_search(exact, jnp.asarray(s.init), 2))
     u1 = RS.expected_clicks(w, s.user, s.cands, one)
     u2 = RS.expected_clicks(w, s.user, s.cands, two)
     assert np.all(u1 >= u0 - 1e-12) and np.all(u2 >= u1 - 1e-12)
@@ -368,18 +368,17 @@ def test_guided_generation():
 
 
 def test_condition_codes_rules():
-    from diffrec_jax import rerank_train as RT
 
-    c = np.asarray(RT.condition_codes("top_k", 2, 6, 4, top=2))
+    c = np.asarray(rerank.condition_codes("top_k", 2, 6, 4, top=2))
     np.testing.assert_array_equal(c[0], [RS.CLICK, RS.CLICK, RS.NO_CLICK, RS.NO_CLICK, RS.UNEXPOSED, RS.UNEXPOSED])
-    assert np.all(np.asarray(RT.condition_codes("all_positive", 2, 6, 6)) == RS.CLICK_LIKE)
-    assert np.all(np.asarray(RT.condition_codes("all_negative", 2, 6, 6)) == RS.NO_CLICK)
+    assert np.all(np.asarray(rerank.condition_codes("all_positive", 2, 6, 6)) == RS.CLICK_LIKE)
+    assert np.all(np.asarray(rerank.condition_codes("all_negative", 2, 6, 6)) == RS.NO_CLICK)
     with pytest.raises(ValueError, match="cond_top"):
-        RT.condition_codes("top_k", 2, 6, 4, top=5)
+        rerank.condition_codes("top_k", 2, 6, 4, top=5)
     with pytest.raises(ValueError, match="config.infer.condition"):
-        RT.condition_codes("most_positive", 2, 6, 4)
+        rerank.condition_codes("most_positive", 2, 6, 4)
     with pytest.raises(ValueError, match="observed codes"):
-        RT.condition_codes("observed", 2, 6, 4)
+        rerank.condition_codes("observed", 2, 6, 4)
 
 
 def _tiny_rerank_config(**infer):
@@ -394,18 +393,16 @@ def test_rerank_task_end_to_end(tmp_path):
     """The launcher's rerank task on a tiny world: every row, both conditioning checks, the ideal."""
     import json
 
-    from diffrec_jax import rerank_train as RT
-
-    res = RT.train_and_evaluate(_tiny_rerank_config(), str(tmp_path))
+    res = rerank.train_and_evaluate(_tiny_rerank_config(), str(tmp_path))
     u = res["expected_clicks"]
     for k in ("initial", "logged", "pointwise", "dcdr", "dcdr_generator_only", "evaluator_swap_search"):
         assert np.isfinite(u[k]) and u[k] <= u["optimum"] + 1e-9, k
-    assert set(res["conditioning"]) == set(RT.CONDITIONS)
+    assert set(res["conditioning"]) == set(rerank.CONDITIONS)
     d = res["dcdr_minus"]["initial"]
     assert abs(d["mean"] - (u["dcdr"] - u["initial"])) < 1e-9 and d["se"] >= 0
     ideal = res["conditioning_ideal"]
     assert ideal["requests"] == 10 and ideal["guidance"] == [0.0, 10.0]
-    for kind in RT.CONDITIONS:
+    for kind in rerank.CONDITIONS:
         for w in ("w=0", "w=10"):
             assert ideal[kind][w]["kl_to_prior_nats"] >= 0
     assert isinstance(res["conditioning_holds_top_k"], bool)
@@ -413,11 +410,10 @@ def test_rerank_task_end_to_end(tmp_path):
 
 
 def test_rerank_task_refuses_bad_inference_fields(tmp_path):
-    from diffrec_jax import rerank_train as RT
 
     with pytest.raises(ValueError, match="config.infer.condition"):
-        RT.train_and_evaluate(_tiny_rerank_config(condition="best"), str(tmp_path))
+        rerank.train_and_evaluate(_tiny_rerank_config(condition="best"), str(tmp_path))
     with pytest.raises(ValueError, match="cond_top"):
-        RT.train_and_evaluate(_tiny_rerank_config(cond_top=9), str(tmp_path))
+        rerank.train_and_evaluate(_tiny_rerank_config(cond_top=9), str(tmp_path))
     with pytest.raises(ValueError, match="eval_guidance"):
-        RT.train_and_evaluate(_tiny_rerank_config(eval_guidance=-1.0), str(tmp_path))
+        rerank.train_and_evaluate(_tiny_rerank_config(eval_guidance=-1.0), str(tmp_path))

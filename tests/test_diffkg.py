@@ -21,6 +21,7 @@ from diffrec_jax.models.mlp import DiffRecDenoiser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import test as test_cfg  # noqa: E402
+from diffrec_jax import training  # noqa: E402
 
 
 def test_segment_softmax_matches_numpy(np_rng):
@@ -179,15 +180,15 @@ def test_validate_config_names_fields(tmp_path, np_rng):
 
 
 def test_end_to_end_through_trainer(tmp_path, np_rng):
-    from diffrec_jax import train
 
     c, data = _tiny(tmp_path, np_rng)
-    res = train.train_and_evaluate(c, str(tmp_path / "run"), data=data)
+    res = training.train_and_evaluate(c, str(tmp_path / "run"), data=data)
     assert np.isfinite(res["test"]["recall@10"]) and 0 <= res["test"]["recall@10"] <= 1
     with open(tmp_path / "run" / "results.json") as f:
         assert json.load(f)["model"] == "diffkg"
     # the per-epoch history is in metrics.jsonl, and results name the selected epoch
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r["epoch"] for r in lines if "rec_loss" in r]
+    epochs = [r["epoch"] for r in lines if "train/loss" in r]  # the recommender pass's loss
+    assert all("diff_loss" in r and "denoised_edges" in r for r in lines if "train/loss" in r)
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == res["epochs_run"]
     assert 1 <= res["best_epoch"] <= res["epochs_run"]

@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import diffurec_beauty, seq_test  # noqa: E402
-from diffrec_jax import seq_train  # noqa: E402
 from diffrec_jax.data.sequences import load_diffurec_npz, make_synthetic_sequences  # noqa: E402
 from diffrec_jax.models import diffurec as DU  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.training import sequences  # noqa: E402
+from diffrec_jax import models  # noqa: E402
 
 BEAUTY = ROOT.parent / "shared" / "data" / "diffurec" / "amazon_beauty"
 
@@ -182,21 +184,21 @@ def test_eval_split_collapsed_equals_full_and_plan_covers_rows():
     full, col, params = _pair(cfg, data)
     sp = data.valid
     lengths = sp.lengths
-    plan = seq_train.eval_plan(col, len(sp), 32, lengths=sp.lengths, buckets=(2, 4, 8), max_len=L)
+    plan = sequences.eval_plan(col, len(sp), 32, lengths=sp.lengths, buckets=(2, 4, 8), max_len=L)
     assert len(plan) == -(-len(sp) // 32)  # sorted chunks: only the last one is short
     rows = np.concatenate([r for _, r in plan])
     np.testing.assert_array_equal(np.sort(rows), np.arange(len(sp)))
     need = DU.collapsed_width(lengths[: len(sp)], L)
     for w, r in plan:
         assert (w or L) >= need[r].max() and r.size <= 32
-    (w_full, r_full), = seq_train.eval_plan(full, len(sp), 32, lengths=sp.lengths, buckets=(2, 4, 8),
+    (w_full, r_full), = sequences.eval_plan(full, len(sp), 32, lengths=sp.lengths, buckets=(2, 4, 8),
                                             max_len=L)  # the faithful form: one group, all columns
     assert w_full is None
     np.testing.assert_array_equal(r_full, np.arange(len(sp)))
-    arr = seq_train.split_arrays(sp)
+    arr = sequences.split_arrays(sp)
     key = jax.random.key(3)
-    a = seq_train.eval_split(full, params, {}, arr, len(sp), cfg.eval, key, 0)
-    b = seq_train.eval_split(col, params, {}, arr, len(sp), cfg.eval, key, 0, lengths=sp.lengths,
+    a = sequences.eval_split(full, params, {}, arr, len(sp), cfg.eval, key, 0)
+    b = sequences.eval_split(col, params, {}, arr, len(sp), cfg.eval, key, 0, lengths=sp.lengths,
                              buckets=(8,), max_len=L)
     for proto in ("exact", "reference"):
         for k, v in a[proto].items():
@@ -230,12 +232,12 @@ def test_collapsed_variant_trains_end_to_end_and_resumes(tmp_path):
     cfg.eval.length_buckets = (6,)
     cfg.train.num_epochs = 2
     cfg.train.eval_every_epochs = 1
-    full = seq_train.train_and_evaluate(cfg, str(tmp_path / "full"))
+    full = training.train_and_evaluate(cfg, str(tmp_path / "full"))
     assert 0.0 <= full["test"]["hr@20"] <= 1.0
     part = cfg.copy_and_resolve_references()
     part.train.num_epochs = 1
-    seq_train.train_and_evaluate(part, str(tmp_path / "part"))
-    resumed = seq_train.train_and_evaluate(cfg, str(tmp_path / "part"))
+    training.train_and_evaluate(part, str(tmp_path / "part"))
+    resumed = training.train_and_evaluate(cfg, str(tmp_path / "part"))
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
 
 
@@ -246,16 +248,16 @@ def test_collapse_config_checks(tmp_path):
         cfg[field].collapse_padding = True
         cfg.model.mask_mode = "key"
         with pytest.raises(ValueError, match=f"config.{field}.collapse_padding needs model.mask_mode"):
-            seq_train.get_model(cfg, data)
+            models.get_model(cfg, data)
         cfg.model.mask_mode = "query"
         cfg.model.pos_emb = True
         with pytest.raises(ValueError, match="pos_emb=False"):
-            seq_train.get_model(cfg, data)
+            models.get_model(cfg, data)
     # the faithful query mask without collapse still refuses length buckets in training
     cfg = seq_test.get_config("diffurec")
     cfg.train.length_buckets = (4,)
     with pytest.raises(ValueError, match="length_buckets needs"):
-        seq_train.train_and_evaluate(cfg, str(tmp_path))
+        training.train_and_evaluate(cfg, str(tmp_path))
     for v in diffurec_beauty.VARIANTS:
         c = diffurec_beauty.get_config(v)
         assert c.train.collapse_padding == c.eval.collapse_padding == (v == "collapsed")

@@ -18,9 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import models, samplers, train  # noqa: E402
+from diffrec_jax import models, samplers  # noqa: E402
 from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.models import flowcf  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.data import load as load_data  # noqa: E402
+from diffrec_jax.training import interactions  # noqa: E402
+from diffrec_jax.training.steps import TrainState  # noqa: E402
 
 
 def _dense(seed=0, n_users=40, n_items=12):
@@ -203,11 +207,11 @@ def test_flowcf_end_to_end(tmp_path):
     c = _cfg(n_steps=5, steps=2)
     c.optim.lr = 1e-2
     c.train.num_epochs, c.train.eval_every_epochs = 4, 4  # one evaluation: one compile
-    res = train.train_and_evaluate(c, str(tmp_path))
+    res = training.train_and_evaluate(c, str(tmp_path))
     assert (tmp_path / "results.json").exists()
     assert np.isfinite(res["test"]["recall@10"])
-    data = train.load_data(c.data)
+    data = load_data(c.data)
     rnd = types.SimpleNamespace(score=lambda p, s, x, k: jax.random.uniform(jax.random.key(0), x.shape))
-    st = train.TrainState(jnp.zeros((), jnp.int32), {}, None, {})
-    rnd_res = train.evaluate(rnd, st, train.DeviceData.from_data(data), data.n_users, c.eval, jax.random.key(0))
+    st = TrainState(jnp.zeros((), jnp.int32), {}, None, {})
+    rnd_res = interactions.evaluate(rnd, st, interactions.DeviceData.from_data(data), data.n_users, c.eval, jax.random.key(0))
     assert res["test"]["recall@10"] > rnd_res["test"]["recall@10"]

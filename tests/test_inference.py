@@ -25,8 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from configs import seq_test  # noqa: E402
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import inference, metrics, seq_train, train  # noqa: E402
+from diffrec_jax import inference, metrics  # noqa: E402
 from diffrec_jax.data.tabular import Table, load_table, write_diffrec_npy  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.training import rerank  # noqa: E402
 
 FAMILIES = {  # name -> model fields: one model of each interaction family
     "diffrec": {},
@@ -56,12 +58,12 @@ class _Runs(dict):
     def __missing__(self, name):
         wd = str(self.root / name)
         if name in FAMILIES:
-            train.train_and_evaluate(_interaction_config(name, **FAMILIES[name]), wd)
+            training.train_and_evaluate(_interaction_config(name, **FAMILIES[name]), wd)
         else:
             c = seq_test.get_config(name)
             c.train.num_epochs = 2
             c.eval.score_padding = False
-            seq_train.train_and_evaluate(c, wd)
+            training.train_and_evaluate(c, wd)
         self[name] = wd
         return wd
 
@@ -167,7 +169,7 @@ def test_raw_ids_from_a_table(tmp_path):
     c.data.source = "diffrec_npy"
     c.data.dir = str(folder)
     wd = str(tmp_path / "run")
-    train.train_and_evaluate(c, wd)
+    training.train_and_evaluate(c, wd)
     rec = inference.load(wd)
     out = rec.recommend(["u005", "u010"], 5)
     assert out.users.tolist() == ["u005", "u010"]
@@ -346,7 +348,7 @@ def test_diffkg_run_reproduces_validation_metrics(tmp_path):
     c.train.update(batch_size=16, num_epochs=2)
     c.eval.update(topk=(5, 10), select_metric="recall@10")
     wd = str(tmp_path / "run")
-    res = train.train_and_evaluate(c, wd)
+    res = training.train_and_evaluate(c, wd)
     rec = inference.load(wd)
     out = rec.recommend("all", 10)
     got = _recall_ndcg(out.items, rec.data.valid.binary().to_dense(), (5, 10))
@@ -357,14 +359,13 @@ def test_diffkg_run_reproduces_validation_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_dcdr_run_reproduces_its_lists(tmp_path):
-    from diffrec_jax import rerank_train
     from diffrec_jax.data import rerank_synthetic
     from configs import dcdr_synthetic
 
     c = dcdr_synthetic.get_config("tiny")
     c.eval.ideal_requests = 0
     wd = str(tmp_path / "run")
-    res = rerank_train.train_and_evaluate(c, wd)
+    res = rerank.train_and_evaluate(c, wd)
     rec = inference.load(wd)
     te = rec.world.test
     out = rec.rerank(te.user, te.cands, initial=te.init)
@@ -384,7 +385,7 @@ def test_dcdr_run_reproduces_its_lists(tmp_path):
 def test_each_replica_of_a_several_seed_run(tmp_path):
     c = _interaction_config("diffrec")
     c.num_seeds = 2
-    res = train.train_and_evaluate(c, str(tmp_path / "k2"))
+    res = training.train_and_evaluate(c, str(tmp_path / "k2"))
     for i, s in enumerate(res["seeds"]):
         rec = inference.load(str(tmp_path / "k2"), seed=s)
         got = _recall_ndcg(rec.recommend("all", 20).items, rec.data.valid.binary().to_dense(), (20,))

@@ -10,6 +10,7 @@ import pytest
 
 from diffrec_jax.data import CSR, DataError
 from diffrec_jax.data import kg as K
+from diffrec_jax.data import load as load_data  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LASTFM = SHARED / "lastfm_kgcn"
@@ -133,9 +134,7 @@ def test_lastfm_loader_on_a_fake_folder(tmp_path):
     assert g.n_entities == 5 and g.n_relations == 4
     import ml_collections
 
-    from diffrec_jax import train
-
-    via_config = train.load_data(ml_collections.ConfigDict(
+    via_config = load_data(ml_collections.ConfigDict(
         {"source": "lastfm_kgcn", "dir": str(d), "split": (0.7, 0.1, 0.2), "split_seed": 0}))
     assert via_config.train.nnz == data.train.nnz and via_config.n_items == 3
     (d / "kg.txt").write_text("0\tmusic.genre\n")

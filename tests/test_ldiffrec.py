@@ -18,11 +18,13 @@ sys.path.insert(0, str(ROOT))
 
 from configs import ldiffrec_ml1m  # noqa: E402
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import models, train  # noqa: E402
+from diffrec_jax import models  # noqa: E402
 from diffrec_jax.data import CSR  # noqa: E402
 from diffrec_jax.data.temporal import time_weighted  # noqa: E402
 from diffrec_jax.models import ldiffrec as L  # noqa: E402
 from diffrec_jax.models.kmeans import kmeans  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.data import load as load_data  # noqa: E402
 
 
 def _cfg(**model):
@@ -134,7 +136,7 @@ def test_scores_come_back_in_original_item_order():
 
 
 def test_missing_item_emb_names_the_field():
-    data = dataclasses.replace(train.load_data(_cfg().data), item_emb=None)
+    data = dataclasses.replace(load_data(_cfg().data), item_emb=None)
     with pytest.raises(ValueError, match="config.model.item_emb_path"):
         L.LDiffRec(_cfg(), data)
     L.LDiffRec(_cfg(n_cate=1), data)  # no clustering, no embedding needed
@@ -150,7 +152,7 @@ def test_bad_settings_name_the_field(field, value):
 
 
 def test_item_emb_path_used_when_dataset_has_none(tmp_path):
-    data = train.load_data(_cfg().data)
+    data = load_data(_cfg().data)
     np.save(tmp_path / "emb.npy", data.item_emb)
     model = L.LDiffRec(_cfg(item_emb_path=str(tmp_path / "emb.npy")), dataclasses.replace(data, item_emb=None))
     assert sum(model.cluster_sizes) == data.n_items and len(model.cluster_sizes) == 2
@@ -164,7 +166,7 @@ def test_item_emb_path_used_when_dataset_has_none(tmp_path):
 @pytest.fixture(scope="module")
 def tiny():
     c = _cfg()
-    data = train.load_data(c.data)
+    data = load_data(c.data)
     model = models.get_model(c, data)
     graphdefs, params, state = model.init(jax.random.key(0))
     x = jnp.asarray(data.train.to_dense(np.arange(8)))
@@ -338,7 +340,7 @@ def _short(c):
     ],
 )
 def test_end_to_end(tmp_path, name, make):
-    res = train.train_and_evaluate(make(), str(tmp_path))
+    res = training.train_and_evaluate(make(), str(tmp_path))
     assert 0.0 < res["test"]["recall@20"] <= 1.0
     assert res["best_epoch"] == 2
     assert (tmp_path / "results.json").exists()

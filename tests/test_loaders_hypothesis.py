@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import models, train  # noqa: E402
+from diffrec_jax import models  # noqa: E402
 from diffrec_jax.data import DataError, load_diffrec_npy, load_movielens  # noqa: E402
+from diffrec_jax import training  # noqa: E402
 
 N_EXAMPLES = 25
 SETTINGS = settings(
@@ -396,5 +397,5 @@ def test_bad_config_refused_before_jax_work(tmp_path, monkeypatch, overrides, fi
 
     monkeypatch.setattr(models, "get_model", no_model)
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        train.train_and_evaluate(_cfg(overrides), str(tmp_path))
+        training.train_and_evaluate(_cfg(overrides), str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()

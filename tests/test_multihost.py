@@ -7,8 +7,8 @@ are interrupted after epoch 4 and resumed to epoch 6; the result must equal this
 
 It used to deadlock in about 1 run in 6 (in the first evaluation, just before the first Orbax
 save): XLA:CPU's thread pool was starved by a program launched while an eval step's all-gather
-was still running; the distributed paths of ``diffrec_jax/train.py`` now wait for each collective
-step first (see the note above ``train.to_global``). Marked ``slow`` for its runtime (about two
+was still running; the distributed paths of ``diffrec_jax/training/interactions.py`` now wait for each collective
+step first (see the note above ``diffrec_jax.training.mesh.to_global``). Marked ``slow`` for its runtime (about two
 minutes on 2 cores: three training runs). If a worker still hangs, the test makes both dump their
 Python stacks (``SIGUSR1``, see ``tests/multihost_worker.py``) before killing them after 300 s,
 and fails with that output.
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import train  # noqa: E402
+from diffrec_jax import training  # noqa: E402
 
 
 def _free_port() -> int:
@@ -82,7 +82,7 @@ def test_two_processes_equal_one_process_with_the_same_devices_and_resume(tmp_pa
     assert jax.device_count() >= 4, "tests/conftest.py forces 4 CPU devices"
     c = test_config.get_config()
     c.train.num_devices, c.num_seeds = 4, 2
-    single = train.train_and_evaluate(c, str(tmp_path / "single"))
+    single = training.train_and_evaluate(c, str(tmp_path / "single"))
 
     multi = tmp_path / "multi"
     _run_two_processes(multi, epochs=4)  # "interrupted" after epoch 4 ...

@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import train  # noqa: E402
 from diffrec_jax.checkpointing import CheckpointError, Checkpointer  # noqa: E402
 from diffrec_jax.data import DataError  # noqa: E402
 from diffrec_jax.safe_pickle import (  # noqa: E402
@@ -44,6 +43,8 @@ from diffrec_jax.safe_pickle import (  # noqa: E402
     safe_load,
     safe_loads,
 )
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.training import interactions  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DIFFUREC = SHARED / "data" / "diffurec"
@@ -85,7 +86,7 @@ def _train_epochs(workdir: Path) -> list[int]:
 def finished_run(tmp_path_factory):
     """An uninterrupted in-process run (checkpoints at epochs 4 and 6) and its results."""
     d = tmp_path_factory.mktemp("finished")
-    res = train.train_and_evaluate(_cfg(), str(d))
+    res = training.train_and_evaluate(_cfg(), str(d))
     assert _steps(d / "checkpoints") == [4, 6]
     return d, res
 
@@ -252,7 +253,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_matches(finished_run, tmp_path
     shutil.copytree(base, work)
     _truncate_array_data(work / "checkpoints" / "6")
     caplog.set_level(logging.INFO, logger="diffrec_jax")
-    res = train.train_and_evaluate(_cfg(), str(work))
+    res = training.train_and_evaluate(_cfg(), str(work))
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("step 6" in m and "cannot be restored" in m for m in warnings), warnings
@@ -362,7 +363,7 @@ def test_checkpointer_fallback_all_corrupt_and_resave(tmp_path, caplog):
 
 def test_nan_loss_stops_with_epoch_batch_and_last_checkpoint(tmp_path, monkeypatch):
     """The loss of global batch 9 (epoch 3, batch 1: 4 batches per epoch) is replaced by NaN."""
-    real = train.make_train_step
+    real = interactions.make_train_step
     calls = {"n": 0}
 
     def make_train_step(*args, **kwargs):
@@ -377,9 +378,9 @@ def test_nan_loss_stops_with_epoch_batch_and_last_checkpoint(tmp_path, monkeypat
 
         return faulty
 
-    monkeypatch.setattr(train, "make_train_step", make_train_step)
+    monkeypatch.setattr(interactions, "make_train_step", make_train_step)
     with pytest.raises(FloatingPointError) as err:
-        train.train_and_evaluate(_cfg(), str(tmp_path))
+        training.train_and_evaluate(_cfg(), str(tmp_path))
     msg = str(err.value)
     assert "epoch 3," in msg and "batch 1," in msg, msg
     assert "last good checkpoint: epoch 2" in msg and str(tmp_path / "checkpoints") in msg, msg
@@ -391,7 +392,7 @@ def test_nan_loss_stops_with_epoch_batch_and_last_checkpoint(tmp_path, monkeypat
 
 def test_diverging_lr_stops_before_any_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"epoch 1, batch \d+.*last good checkpoint: epoch 0"):
-        train.train_and_evaluate(_cfg(**{"optim.lr": 1e30}), str(tmp_path))
+        training.train_and_evaluate(_cfg(**{"optim.lr": 1e30}), str(tmp_path))
     assert _steps(tmp_path / "checkpoints") == [] and _steps(tmp_path / "best") == []
 
 

@@ -16,11 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import seq_test  # noqa: E402
-from diffrec_jax import samplers, seq_train  # noqa: E402
+from diffrec_jax import samplers  # noqa: E402
 from diffrec_jax.data.sequences import make_synthetic_sequences  # noqa: E402
 from diffrec_jax.models import diffurec as DU  # noqa: E402
 from diffrec_jax.models import dreamrec as DR  # noqa: E402
 from diffrec_jax.models.seq import TransformerEncoder  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.data import load as load_data  # noqa: E402
+from diffrec_jax.training import batching  # noqa: E402
+from diffrec_jax.training import sequences  # noqa: E402
+from diffrec_jax import models  # noqa: E402
 
 B, L, D = 3, 5, 8
 
@@ -168,9 +173,9 @@ def test_target_rank_equals_the_position_in_top_k():
     s = jax.random.normal(jax.random.key(0), (200, 50))  # distinct scores
     tgt = jax.random.randint(jax.random.key(1), (200,), 0, 50)
     want = jnp.argmax(M.topk_indices(s, 50) == tgt[:, None], axis=1)
-    np.testing.assert_array_equal(seq_train.target_rank(s, tgt), want)
+    np.testing.assert_array_equal(sequences.target_rank(s, tgt), want)
     tied = jnp.zeros((1, 6))  # ties: the lower id ranks first
-    np.testing.assert_array_equal(seq_train.target_rank(tied, jnp.array([4])), [4])
+    np.testing.assert_array_equal(sequences.target_rank(tied, jnp.array([4])), [4])
 
 
 # --------------------------------------------------------------------------- #
@@ -182,7 +187,7 @@ def test_sasrec_end_to_end_and_exact_resume(tmp_path):
     cfg = seq_test.get_config("sasrec")
     cfg.train.num_epochs = 2
     cfg.train.eval_every_epochs = 1
-    full = seq_train.train_and_evaluate(cfg, str(tmp_path / "full"))
+    full = training.train_and_evaluate(cfg, str(tmp_path / "full"))
     assert set(full["test"]) == {f"{m}@{k}" for m in ("hr", "ndcg", "recall") for k in (5, 10, 20)}
     assert 0.0 < full["test"]["hr@20"] <= 1.0 and full["params"] > 0
     on_disk = json.loads((tmp_path / "full" / "results.json").read_text())
@@ -191,31 +196,31 @@ def test_sasrec_end_to_end_and_exact_resume(tmp_path):
     assert [r["epoch"] for r in lines if "train/loss" in r] == [1, 2]
     part = cfg.copy_and_resolve_references()
     part.train.num_epochs = 1
-    seq_train.train_and_evaluate(part, str(tmp_path / "part"))
-    resumed = seq_train.train_and_evaluate(cfg, str(tmp_path / "part"))
+    training.train_and_evaluate(part, str(tmp_path / "part"))
+    resumed = training.train_and_evaluate(cfg, str(tmp_path / "part"))
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
     with pytest.raises(ValueError, match="config.eval.select_metric"):
         bad = cfg.copy_and_resolve_references()
         bad.eval.select_metric = "recall@20"
-        seq_train.train_and_evaluate(bad, str(tmp_path / "bad"))
+        training.train_and_evaluate(bad, str(tmp_path / "bad"))
 
 
 def test_time_budget_stops_sequential_training(tmp_path):
     cfg = seq_test.get_config("sasrec")
     cfg.train.num_epochs, cfg.train.eval_every_epochs, cfg.train.time_budget_s = 3, 3, 1e-9
-    res = seq_train.train_and_evaluate(cfg, str(tmp_path))
+    res = training.train_and_evaluate(cfg, str(tmp_path))
     assert res["epochs_run"] == 1 and res["best_epoch"] == 1 and 0.0 <= res["test"]["hr@20"] <= 1.0
 
 
 def test_epoch_batches_are_seeded_and_buckets_cover_every_row_once():
-    idx, mask = seq_train.epoch_batches(103, 10, seed=1, epoch=2, sampling="independent")
+    idx, mask = batching.epoch_batches(103, 10, seed=1, epoch=2, sampling="independent")
     assert idx.shape == (10, 10) and mask.all()
     assert all(len(set(r)) == 10 for r in idx)  # distinct rows within a step
-    np.testing.assert_array_equal(idx, seq_train.epoch_batches(103, 10, 1, 2, "independent")[0])
+    np.testing.assert_array_equal(idx, batching.epoch_batches(103, 10, 1, 2, "independent")[0])
     lengths = np.array([0, 1, 3, 4, 5, 8, 9, 12, 2, 2, 7])
-    bucket, widths = seq_train.length_buckets(lengths, (4, 8), 12)
+    bucket, widths = batching.length_buckets(lengths, (4, 8), 12)
     assert widths == (4, 8, 12) and all(lengths <= np.asarray(widths)[bucket])
-    batches = seq_train.bucketed_epoch_batches(bucket, len(widths), 3, seed=0, epoch=1)
+    batches = batching.bucketed_epoch_batches(bucket, len(widths), 3, seed=0, epoch=1)
     rows = np.concatenate([ib[mb] for _, ib, mb in batches])
     np.testing.assert_array_equal(np.sort(rows), np.arange(len(lengths)))
     assert all(np.all(bucket[ib[mb]] == b) for b, ib, mb in batches)
@@ -225,12 +230,11 @@ def test_cold_items_analysis_runs_on_a_trained_dreamrec(tmp_path):
     import importlib.util
 
     from configs import seq_test
-    from diffrec_jax import seq_train
 
     c = seq_test.get_config("dreamrec")
     c.train.num_epochs = 2
     c.train.eval_every_epochs = 1
-    seq_train.train_and_evaluate(c, str(tmp_path))
+    training.train_and_evaluate(c, str(tmp_path))
     spec = importlib.util.spec_from_file_location(
         "cold_items", Path(__file__).resolve().parents[1] / "experiments" / "cold_items.py")
     mod = importlib.util.module_from_spec(spec)
@@ -254,39 +258,37 @@ def test_cold_items_analysis_runs_on_a_trained_dreamrec(tmp_path):
 def test_dreamrec_item_init_std(tmp_path):
     """model.item_init_std scales the item table's N(0, 1) init (1.0 = the reference); 0 is refused."""
     from configs import seq_test
-    from diffrec_jax import seq_train
 
     c = seq_test.get_config("dreamrec")
-    data = seq_train.load_seq_data(c.data)
+    data = load_data(c.data)
     stds = []
     for s in (1.0, 0.01):
         c.model.item_init_std = s
-        model = seq_train.get_model(c, data)
+        model = models.get_model(c, data)
         _, params, _ = model.init(jax.random.key(0))
         stds.append(float(np.std(np.asarray(model.net(params).item_emb[...]))))
     assert abs(stds[0] - 1.0) < 0.1 and abs(stds[1] - 0.01) < 0.001
     c.model.item_init_std = 0.0
     with pytest.raises(ValueError, match="config.model.item_init_std"):
-        seq_train.get_model(c, data)
+        models.get_model(c, data)
 
 
 def test_dreamrec_stop_target_grad():
     """With model.stop_target_grad the loss sends no gradient into a row used only as a target."""
     from configs import seq_test
-    from diffrec_jax import seq_train
 
     c = seq_test.get_config("dreamrec")
-    data = seq_train.load_seq_data(c.data)
-    arrays = seq_train.split_arrays(data.train)
+    data = load_data(c.data)
+    arrays = sequences.split_arrays(data.train)
     idx = jnp.arange(8)
-    batch = seq_train._gather(arrays, idx)
+    batch = sequences.gather(arrays, idx)
     hist = set(np.asarray(batch["seq"]).ravel().tolist())
     only_target = [int(t) for t in np.asarray(batch["target"]) if int(t) not in hist]
     assert only_target, "the test needs a row that is a target but in no history of the batch"
     grads = {}
     for flag in (False, True):
         c.model.stop_target_grad = flag
-        model = seq_train.get_model(c, data)
+        model = models.get_model(c, data)
         _, params, state = model.init(jax.random.key(0))
 
         def f(p):

@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import test as test_config  # noqa: E402
-from diffrec_jax import train  # noqa: E402
 from diffrec_jax.checkpointing import Checkpointer  # noqa: E402
+from diffrec_jax import training  # noqa: E402
+from diffrec_jax.training.io import MetricWriter  # noqa: E402
+from diffrec_jax import cli  # noqa: E402
 
 
 def _cfg(**overrides):
@@ -29,7 +31,7 @@ def _cfg(**overrides):
 
 
 def test_end_to_end_writes_results_and_metrics(tmp_path):
-    res = train.train_and_evaluate(_cfg(), str(tmp_path))
+    res = training.train_and_evaluate(_cfg(), str(tmp_path))
     assert set(res["test"]) >= {"recall@10", "ndcg@10", "precision@5", "mrr@20", "hr@20"}
     assert 0.0 < res["test"]["recall@20"] <= 1.0
     on_disk = json.loads((tmp_path / "results.json").read_text())
@@ -42,11 +44,11 @@ def test_end_to_end_writes_results_and_metrics(tmp_path):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    full = train.train_and_evaluate(_cfg(), str(tmp_path / "full"))
+    full = training.train_and_evaluate(_cfg(), str(tmp_path / "full"))
     # "interrupted" after epoch 4, then resumed with the full budget in the same workdir
     part = tmp_path / "part"
-    train.train_and_evaluate(_cfg(**{"train.num_epochs": 4}), str(part))
-    resumed = train.train_and_evaluate(_cfg(), str(part))
+    training.train_and_evaluate(_cfg(**{"train.num_epochs": 4}), str(part))
+    resumed = training.train_and_evaluate(_cfg(), str(part))
     assert resumed["test"] == full["test"]
     assert resumed["valid"] == full["valid"]
     assert resumed["best_epoch"] == full["best_epoch"]
@@ -64,9 +66,9 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):
-    a = train.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "a"))
-    b = train.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "b"))
-    c = train.train_and_evaluate(_cfg(**{"train.num_epochs": 2, "seed": 7}), str(tmp_path / "c"))
+    a = training.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "a"))
+    b = training.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "b"))
+    c = training.train_and_evaluate(_cfg(**{"train.num_epochs": 2, "seed": 7}), str(tmp_path / "c"))
     assert a["test"] == b["test"]
     assert a["test"] != c["test"]
 
@@ -86,7 +88,7 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
 )
 def test_bad_config_refused_naming_the_field(tmp_path, overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        train.train_and_evaluate(_cfg(**overrides), str(tmp_path))
+        training.train_and_evaluate(_cfg(**overrides), str(tmp_path))
 
 
 def test_launcher_runs_from_the_command_line(tmp_path):
@@ -103,10 +105,10 @@ def test_launcher_runs_from_the_command_line(tmp_path):
 
 
 def test_k_vmapped_seeds_equal_k_separate_runs(tmp_path):
-    many = train.train_and_evaluate(_cfg(**{"num_seeds": 3, "train.num_epochs": 4}), str(tmp_path / "k"))
+    many = training.train_and_evaluate(_cfg(**{"num_seeds": 3, "train.num_epochs": 4}), str(tmp_path / "k"))
     assert many["seeds"] == [1, 2, 3]
     for s, per in zip([1, 2, 3], many["per_seed"]):
-        one = train.train_and_evaluate(_cfg(**{"seed": s, "train.num_epochs": 4}), str(tmp_path / f"s{s}"))
+        one = training.train_and_evaluate(_cfg(**{"seed": s, "train.num_epochs": 4}), str(tmp_path / f"s{s}"))
         assert per["best_epoch"] == one["best_epoch"]
         for k, v in one["test"].items():
             assert per["test"][k] == pytest.approx(v, abs=1e-6), k
@@ -117,8 +119,8 @@ def test_k_vmapped_seeds_equal_k_separate_runs(tmp_path):
 
 def test_four_devices_equal_one_device(tmp_path):
     assert jax.device_count() >= 4, "tests/conftest.py forces 4 CPU devices"
-    one = train.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "one"))
-    four = train.train_and_evaluate(
+    one = training.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "one"))
+    four = training.train_and_evaluate(
         _cfg(**{"train.num_epochs": 2, "train.num_devices": 4}), str(tmp_path / "four")
     )
     assert four["num_devices"] == 4
@@ -134,7 +136,7 @@ def test_four_devices_equal_one_device(tmp_path):
 def test_metrics_writer_survives_a_line_cut_by_a_kill(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "a": 1}\n{"epoch": 2, "a": 2}\n{"epoch": 3, "a"')
-    w = train.MetricWriter(str(path))
+    w = MetricWriter(str(path))
     w.truncate_after(2)
     assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2]
     w.write({"epoch": 3})
@@ -144,7 +146,7 @@ def test_metrics_writer_survives_a_line_cut_by_a_kill(tmp_path):
 def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
     # a budget of 1 ns is spent by the first epoch: it is evaluated (off the every-2 schedule),
     # checkpointed, and its model tested, exactly like an early stop
-    res = train.train_and_evaluate(_cfg(**{"train.time_budget_s": 1e-9}), str(tmp_path))
+    res = training.train_and_evaluate(_cfg(**{"train.time_budget_s": 1e-9}), str(tmp_path))
     assert res["epochs_run"] == 1 and res["best_epoch"] == 1
     lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if "valid/recall@10" in r] == [1]
@@ -154,10 +156,10 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
 def test_repeated_overrides_are_found_and_the_launcher_refuses_them():
     argv = ["--config=configs/test.py", "--config.model.dims=(8,)", "--workdir=/tmp/x",
             "--config.model.dims=(16,)", "--config.seed=2", "--config.seed", "3"]
-    assert train.repeated_overrides(argv) == ["model.dims", "seed"]
-    assert train.repeated_overrides(["--config.a=1", "--config.b=1"]) == []
+    assert cli.repeated_overrides(argv) == ["model.dims", "seed"]
+    assert cli.repeated_overrides(["--config.a=1", "--config.b=1"]) == []
     with pytest.raises(SystemExit, match="--config.model.dims, --config.seed given more than once"):
-        train.refuse_repeated_overrides(argv)
+        cli.refuse_repeated_overrides(argv)
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "main.py"),
                           f"--config={ROOT / 'configs' / 'test.py'}", "--workdir=/nonexistent/never",
                           "--config.train.num_epochs=1", "--config.train.num_epochs=2"],

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffrec_jax.data.interactions import CSR
+from diffrec_jax.data import CSR
 
 __all__ = ["EASE", "ItemKNN", "RP3beta", "gram_matrix", "keep_topk_per_row"]
 

@@ -53,15 +53,16 @@ top ``rebuild_k`` columns as tails, add the reverse pairs, keep only pairs of th
 (inverse-augmented) KG with their original relation, then keep each edge with probability
 ``keep_rate``. That edge list is the denoised view until the next rebuild.
 
-**Training** (:meth:`DiffKG.fit`, the trainer's ``closed_form`` hook, because an epoch is not a
-sum of per-step losses: it is 1. a diffusion pass over all entity rows, 2. the KG rebuild, 3. a
-recommender pass over all users, 4. validation; the epoch with the best validation
-``select_metric`` is kept, early stopping after ``patience_epochs``). :meth:`DiffKG.score` ranks
-with the kept main-view embeddings (no dropout).
+**Training** (:meth:`DiffKG.train_epoch`, the training loop's hook for a model that owns its
+epoch, because an epoch is not a sum of per-step losses: it is 1. a diffusion pass over all entity
+rows, 2. the KG rebuild, 3. a recommender pass over all users; the loop then validates, keeps the
+best epoch by ``select_metric`` and stops after ``patience_epochs``). :meth:`DiffKG.score` ranks
+with the epoch's main-view embeddings (no dropout).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -75,9 +76,8 @@ import optax
 from flax import nnx
 
 from diffrec_jax import diffusion as dif
-from diffrec_jax import metrics as M
 from diffrec_jax import schedules
-from diffrec_jax.data import kg as K
+from diffrec_jax.data import kg as kg_data
 from diffrec_jax.models.lightgcn import LightGCN, sample_bpr_triples
 from diffrec_jax.models.mlp import DiffRecDenoiser, activation, timestep_embedding
 
@@ -243,17 +243,17 @@ def projected_reverse_norm(denoiser: DiffRecDenoiser, schedule: schedules.Schedu
     return schedule.posterior_mean_coef1[0] * (a @ w_o[:, :cols] + b_o[:cols])
 
 
-def load_kg_for(config: Any, data: Any) -> K.KnowledgeGraph:
+def load_kg_for(config: Any, data: Any) -> kg_data.KnowledgeGraph:
     """The KG a config names: ``config.model.kg_path`` (integer ``h r t`` file) if set, else the
     KGCN ``kg.txt`` in ``config.data.dir`` when ``config.data.source == "lastfm_kgcn"``."""
     path = config.model.get("kg_path", "")
     if path:
-        tr = K.load_kg_triples(path)
-        return K.build_kg(tr, name=str(path), n_entities=max(int(tr[:, [0, 2]].max()) + 1, data.n_items))
+        tr = kg_data.load_kg_triples(path)
+        return kg_data.build_kg(tr, name=str(path), n_entities=max(int(tr[:, [0, 2]].max()) + 1, data.n_items))
     if config.data.get("source") == "lastfm_kgcn":
         p = Path(config.data.dir) / "kg.txt"
-        tr, _ = K.read_kgcn_kg(p)
-        return K.build_kg(tr, name=str(p), n_entities=max(int(tr[:, [0, 2]].max()) + 1, data.n_items))
+        tr, _ = kg_data.read_kgcn_kg(p)
+        return kg_data.build_kg(tr, name=str(p), n_entities=max(int(tr[:, [0, 2]].max()) + 1, data.n_items))
     raise ValueError("DiffKG needs a KG: set config.model.kg_path or use config.data.source='lastfm_kgcn'")
 
 
@@ -269,7 +269,7 @@ def _xavier_uniform(key, shape, gain=1.0):
 
 
 class DiffKG:
-    """DiffKG behind the trainer contract (``closed_form = True``: :meth:`fit` runs the epochs).
+    """DiffKG behind the model contract; it owns its epoch (:meth:`train_epoch`).
 
     Config (``config.model``; defaults = the reference's): ``emb_dim`` 64, ``gnn_layers`` 2,
     ``kg_layers`` 1, ``mess_dropout`` 0.1, ``res_lambda`` 0.5, ``triplet_num`` 10, ``cl_pattern``
@@ -283,7 +283,6 @@ class DiffKG:
     """
 
     name = "diffkg"
-    closed_form = True
     needs_user_ids = True
     DEFAULTS = {
         "emb_dim": 64, "gnn_layers": 2, "kg_layers": 1, "mess_dropout": 0.1, "res_lambda": 0.5,
@@ -293,10 +292,10 @@ class DiffKG:
         "diff_batch": 1024, "diff_lr": 1e-3, "kg_path": "", "use_diffusion": True, "kg_every": 1,
     }
 
-    def __init__(self, config: Any, data: Any, kg: K.KnowledgeGraph | None = None):
+    def __init__(self, config: Any, data: Any, kg: kg_data.KnowledgeGraph | None = None):
         self.config = config
         self.data = data
-        g = self._get
+        g = self.setting
         self.kg = load_kg_for(config, data) if kg is None else kg
         if self.kg.n_entities < data.n_items:
             raise ValueError(f"the KG has {self.kg.n_entities} entities, fewer than the {data.n_items} items")
@@ -319,7 +318,7 @@ class DiffKG:
                                                         "init_std": 0.1}})
             self.lightgcn = LightGCN(lcfg, data)
         else:
-            u, i, w, (su, si) = K.user_item_edges(x)
+            u, i, w, (su, si) = kg_data.user_item_edges(x)
             self.ui = tuple(jnp.asarray(a) for a in (u, i, w, su, si))
         # items x users incidence for CKGC: X^T uEmb via segment_sum over the train pairs
         self.x_users = jnp.asarray(x.user_ids().astype(np.int32))
@@ -328,7 +327,7 @@ class DiffKG:
 
     # -- config --------------------------------------------------------------------------------
 
-    def _get(self, field: str):
+    def setting(self, field: str):
         m = self.config.model
         return m[field] if field in m else self.DEFAULTS[field]
 
@@ -376,7 +375,7 @@ class DiffKG:
         }
 
     def make_denoiser(self, key: jax.Array) -> DiffRecDenoiser:
-        g = self._get
+        g = self.setting
         return DiffRecDenoiser(self.E, tuple(int(x) for x in g("dims")), emb_size=int(g("emb_size")),
                                dropout_rate=float(g("dropout")), act="tanh", norm=bool(g("norm")),
                                init="diffrec", rngs=nnx.Rngs(params=key))
@@ -397,7 +396,7 @@ class DiffKG:
         u, i, w, su, si = self.ui
         eu, ei = users_Uxd, items_Ixd
         acc_u, acc_i = eu, ei
-        for _ in range(int(self._get("gnn_layers"))):
+        for _ in range(int(self.setting("gnn_layers"))):
             eu, ei = (
                 jax.ops.segment_sum(w[:, None] * ei[i], u, num_segments=self.U) + su[:, None] * eu,
                 jax.ops.segment_sum(w[:, None] * eu[u], i, num_segments=self.I) + si[:, None] * ei,
@@ -407,7 +406,7 @@ class DiffKG:
 
     def view(self, rec: dict, edges: tuple, key: jax.Array | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Final ``(users [U, d], items [I, d])`` of one KG view (edges ``(h, t, r)`` padded)."""
-        g = self._get
+        g = self.setting
         res = rgat(rec["entity"], rec["relation"], rec["W"], *edges, n_layers=int(g("kg_layers")),
                    res_lambda=float(g("res_lambda")), dropout=float(g("mess_dropout")), key=key)
         return self.propagate(rec["user"], res[: self.I])
@@ -419,7 +418,7 @@ class DiffKG:
         Returns:
           ``(loss, {"bpr", "reg", "cl"})``.
         """
-        g = self._get
+        g = self.setting
         k_s, k_m, k_a = jax.random.split(key, 3)
         S = int(g("samples_per_user"))
         pos, neg, ok = sample_bpr_triples(x_BxI, k_s, S)
@@ -469,7 +468,7 @@ class DiffKG:
         w = mask_B.astype(jnp.float32)
         nw = jnp.maximum(w.sum(), 1.0)
         diff, ckgc = jnp.sum(loss_B * w) / nw, jnp.sum(ckgc_B * w) / nw
-        el = float(self._get("e_loss"))
+        el = float(self.setting("e_loss"))
         return (1.0 - el) * diff + el * ckgc, {"diff": diff, "ckgc": ckgc}
 
     def item_users(self, user_Uxd: jnp.ndarray) -> jnp.ndarray:
@@ -514,7 +513,7 @@ class DiffKG:
         Returns:
           ``(heads, tails, relations)`` int32 numpy arrays.
         """
-        g = self._get
+        g = self.setting
         k = int(g("rebuild_k"))
         bs = int(g("diff_batch"))
         tails = np.concatenate([self.denoise_topk(dparams, np.arange(s, min(self.E, s + bs)), k)
@@ -550,7 +549,7 @@ class DiffKG:
         """Builds the jitted recommender and diffusion steps and their optimizers (once)."""
         if hasattr(self, "_rec_step"):
             return
-        g = self._get
+        g = self.setting
         self.tx_r, self.tx_d = optax.adam(float(g("lr"))), optax.adam(float(g("diff_lr")))
 
         @jax.jit
@@ -580,7 +579,7 @@ class DiffKG:
           ``(dparams, opt_d, mean loss)``.
         """
         self.make_steps()
-        bs = min(int(self._get("diff_batch")), self.E)
+        bs = min(int(self.setting("diff_batch")), self.E)
         iu = jax.lax.stop_gradient(self.item_users(rec["user"]))
         ent = jax.lax.stop_gradient(rec["entity"])
         losses = []
@@ -599,11 +598,11 @@ class DiffKG:
         return dparams, opt_d, float(np.mean(jax.device_get(losses)))
 
     def rec_epoch(self, rec: dict, opt_r, order: np.ndarray, main_e: tuple, aux_e: tuple,
-                  key: jax.Array) -> tuple[dict, Any, float]:
+                  key: jax.Array, on_steps=None) -> tuple[dict, Any, list]:
         """One pass of recommender training over the users in ``order``.
 
         Returns:
-          ``(rec, opt_r, mean loss)``.
+          ``(rec, opt_r, per-batch losses)`` (device scalars).
         """
         self.make_steps()
         bs = min(int(self.config.train.batch_size), self.U)
@@ -619,105 +618,90 @@ class DiffKG:
             rec, opt_r, loss, _ = self._rec_step(rec, opt_r, x, jnp.asarray(users, jnp.int32),
                                                  jnp.asarray(mask), main_e, aux_e, jax.random.fold_in(key, b))
             losses.append(loss)
-        return rec, opt_r, float(np.mean(jax.device_get(losses)))
+            if on_steps is not None:
+                on_steps(1, None)
+        return rec, opt_r, losses
 
-    def fit(self, key: jax.Array, *, epoch_callback=None):
-        """Trains DiffKG (module docstring, "Training"); returns ``(params, model_state)`` with the
-        best epoch's final embeddings in ``model_state = {"user_final", "item_final"}``.
+    # -- the training loop's hooks (diffrec_jax.training.interactions: a model that owns its epoch) --
 
-        Epoch: diffusion pass + rebuild (every ``kg_every`` epochs; 1 = the reference), recommender
-        pass, validation. ``use_diffusion = False`` keeps the original view only in both branches
-        (an ablation: RGAT + LightGCN + BPR, the InfoNCE then ties two dropout draws).
+    @property
+    def steps_per_epoch(self) -> int:
+        """Recommender steps of one epoch (what the progress bar counts)."""
+        return -(-self.U // min(int(self.config.train.batch_size), self.U))
 
-        Args:
-          key: PRNG key.
-          epoch_callback: optional ``f(record dict)`` called after every epoch.
-        """
-        cfg, g = self.config, self._get
-        k_init, k_train = jax.random.split(key)
+    def init_train_state(self, key: jax.Array) -> tuple[dict, dict, dict]:
+        """Parameters, both optimizers' states and the kept embeddings; samples the original KG
+        view (a function of ``key``; the host generator that later thins rebuilt views is
+        :meth:`host_state`)."""
+        g = self.setting
+        k_init, self._k_train = jax.random.split(key)
         _, params, _ = self.init(k_init)
-        rec, dparams = params["rec"], params["denoiser"]
-        seed = int(jax.random.randint(jax.random.fold_in(key, 7), (), 0, 2**31 - 1))
-        rng = np.random.default_rng(seed)
-        orig = self.kg.sample_edges(int(g("triplet_num")), rng)
-        orig_edges = self._pad_edges(orig, orig[0].shape[0])
-        den_size = 2 * self.E * int(g("rebuild_k"))
-        use_diff = bool(g("use_diffusion"))
-        kg_every = int(g("kg_every"))
+        self._seed = int(jax.random.randint(jax.random.fold_in(key, 7), (), 0, 2**31 - 1))
+        self._rng = np.random.default_rng(self._seed)
+        orig = self.kg.sample_edges(int(g("triplet_num")), self._rng)
+        self._orig_edges = self._pad_edges(orig, orig[0].shape[0])
+        self._den_size = 2 * self.E * int(g("rebuild_k"))
         self.make_steps()
-        opt_r, opt_d = self.tx_r.init(rec), self.tx_d.init(dparams)
-        cl_pattern = int(g("cl_pattern"))
-        ks = tuple(int(k) for k in cfg.eval.topk)
-        select = cfg.eval.select_metric
-        tcfg = cfg.train
-        best = {"score": -math.inf, "epoch": 0, "user": None, "item": None}
-        self.history = []
-        den_edges = orig_edges
-        for epoch in range(1, int(tcfg.num_epochs) + 1):
-            if best["epoch"] > 0 and epoch - best["epoch"] >= int(tcfg.patience_epochs):
-                log.info("diffkg: early stop before epoch %d (best epoch %d)", epoch, best["epoch"])
-                break
-            rec_log = {"epoch": epoch}
-            t0 = time.perf_counter()
-            if use_diff and (epoch - 1) % kg_every == 0:
-                order = np.random.default_rng([seed, epoch, 1]).permutation(self.E)
-                dparams, opt_d, rec_log["diff_loss"] = self.diffusion_epoch(
-                    dparams, opt_d, rec, order, jax.random.fold_in(k_train, 2 * epoch))
-                rec_log["diff_s"] = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                den = self.rebuild(dparams, rng)
-                rec_log["rebuild_s"] = time.perf_counter() - t1
-                rec_log["denoised_edges"] = int(den[0].shape[0])
-                den_edges = self._pad_edges(den, den_size)
-            main_e, aux_e = (den_edges, orig_edges) if cl_pattern == 0 else (orig_edges, den_edges)
-            t1 = time.perf_counter()
-            order = np.random.default_rng([seed, epoch, 2]).permutation(self.U)
-            rec, opt_r, rec_log["rec_loss"] = self.rec_epoch(rec, opt_r, order, main_e, aux_e,
-                                                             jax.random.fold_in(k_train, 2 * epoch + 1))
-            rec_log["rec_s"] = time.perf_counter() - t1
-            if not (math.isfinite(rec_log["rec_loss"]) and math.isfinite(rec_log.get("diff_loss", 0.0))):
-                raise FloatingPointError(f"diffkg: non-finite loss in epoch {epoch}: {rec_log}")
-            t1 = time.perf_counter()
-            uf, itf = self._final_fn(rec, main_e)
-            res = self.evaluate_embeddings(uf, itf, ks)
-            rec_log["eval_s"] = time.perf_counter() - t1
-            rec_log.update({f"valid/{k}": v for k, v in res["valid"].items()})
-            rec_log.update({f"test/{k}": v for k, v in res["test"].items()})
-            score = round(res["valid"][select], int(cfg.eval.get("select_digits", 4)))
-            if score > best["score"]:
-                best.update(score=score, epoch=epoch, user=uf, item=itf)
-            rec_log["epoch_s"] = time.perf_counter() - t0
-            self.history.append(rec_log)
-            log.info("diffkg epoch %d: %s", epoch, {k: (round(v, 4) if isinstance(v, float) else v)
-                                                    for k, v in rec_log.items()
-                                                    if not k.startswith(("valid/hr", "valid/mrr", "valid/prec",
-                                                                         "test/hr", "test/mrr", "test/prec"))})
-            if epoch_callback is not None:
-                epoch_callback(rec_log)
-        self.best_epoch = best["epoch"]
-        log.info("diffkg: best epoch %d (valid %s = %.4f)", best["epoch"], select, best["score"])
-        return {"rec": rec, "denoiser": dparams}, {"user_final": best["user"], "item_final": best["item"]}
+        empty = tuple(np.zeros(0, np.int32) for _ in range(3))
+        uf, itf = jax.eval_shape(self.final_embeddings, params["rec"], self._orig_edges)
+        model_state = {"user_final": jnp.zeros(uf.shape, uf.dtype), "item_final": jnp.zeros(itf.shape, itf.dtype),
+                       "den_edges": self._pad_edges(empty, self._den_size)}
+        opt = {"rec": self.tx_r.init(params["rec"]), "denoiser": self.tx_d.init(params["denoiser"])}
+        return params, opt, model_state
 
-    def evaluate_embeddings(self, users_Uxd, items_Ixd, ks, batch: int = 2048) -> dict:
-        """Full-ranking valid (train masked) and test (train + valid masked) metrics."""
-        data = self.data
-        avg = self.config.eval.get("average", "all")
-        kmax = max(ks)
-        acc_v = acc_t = None
-        for s in range(0, self.U, batch):
-            rows = np.arange(s, min(self.U, s + batch))
-            sc = jnp.matmul(users_Uxd[rows], items_Ixd.T, precision=jax.lax.Precision.HIGHEST)
-            seen = jnp.asarray(data.train.binary().to_dense(rows)) > 0
-            tv = jnp.asarray(data.valid.binary().to_dense(rows))
-            tt = jnp.asarray(data.test.binary().to_dense(rows))
-            top_v = M.topk_indices(M.mask_scores(sc, seen), kmax)
-            sv = M.metric_sums(M.hits_from_topk(top_v, tv), jnp.sum(tv > 0, 1), ks)
-            top_t = M.topk_indices(M.mask_scores(sc, seen | (tv > 0)), kmax)
-            st = M.metric_sums(M.hits_from_topk(top_t, tt), jnp.sum(tt > 0, 1), ks)
-            acc_v = sv if acc_v is None else jax.tree.map(jnp.add, acc_v, sv)
-            acc_t = st if acc_t is None else jax.tree.map(jnp.add, acc_t, st)
-        acc_v, acc_t = jax.device_get((acc_v, acc_t))
-        return {"valid": M.finalize(acc_v, self.U, avg), "test": M.finalize(acc_t, self.U, avg)}
+    def host_state(self) -> dict:
+        """The host generator's state (checkpointed with the loop's bookkeeping: exact resume)."""
+        st = self._rng.bit_generator.state
+        return {"rng": json.dumps(st)}
+
+    def set_host_state(self, host: dict) -> None:
+        self._rng.bit_generator.state = json.loads(host["rng"])
+
+    def train_epoch(self, params: dict, opt_state: dict, model_state: dict, epoch: int,
+                    on_steps=None) -> tuple[dict, dict, dict, list]:
+        """One epoch (module docstring, "Training"): diffusion pass + rebuild (every ``kg_every``
+        epochs; 1 = the reference), then the recommender pass; the state keeps the epoch's final
+        main-view embeddings, which :meth:`score` ranks with.
+
+        ``use_diffusion = False`` keeps the original view only in both branches (an ablation:
+        RGAT + LightGCN + BPR, the InfoNCE then ties two dropout draws).
+
+        Returns:
+          ``(params, opt_state, model_state, per-batch recommender losses)``; :attr:`epoch_info`
+          holds the diffusion loss, rebuild size and timings for ``metrics.jsonl``.
+        """
+        g = self.setting
+        rec, dparams = params["rec"], params["denoiser"]
+        opt_r, opt_d = opt_state["rec"], opt_state["denoiser"]
+        use_diff = bool(g("use_diffusion"))
+        den_edges = model_state["den_edges"] if use_diff else self._orig_edges
+        info: dict = {}
+        t0 = time.perf_counter()
+        if use_diff and (epoch - 1) % int(g("kg_every")) == 0:
+            order = np.random.default_rng([self._seed, epoch, 1]).permutation(self.E)
+            dparams, opt_d, info["diff_loss"] = self.diffusion_epoch(
+                dparams, opt_d, rec, order, jax.random.fold_in(self._k_train, 2 * epoch))
+            if not math.isfinite(info["diff_loss"]):
+                raise FloatingPointError(f"diffkg: non-finite diffusion loss in epoch {epoch}")
+            info["diff_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            den = self.rebuild(dparams, self._rng)
+            info["rebuild_s"] = time.perf_counter() - t1
+            info["denoised_edges"] = int(den[0].shape[0])
+            den_edges = self._pad_edges(den, self._den_size)
+        main_e, aux_e = (den_edges, self._orig_edges) if int(g("cl_pattern")) == 0 else (self._orig_edges, den_edges)
+        order = np.random.default_rng([self._seed, epoch, 2]).permutation(self.U)
+        rec, opt_r, losses = self.rec_epoch(rec, opt_r, order, main_e, aux_e,
+                                            jax.random.fold_in(self._k_train, 2 * epoch + 1), on_steps)
+        uf, itf = self._final_fn(rec, main_e)
+        self.epoch_info = info
+        model_state = {"user_final": uf, "item_final": itf,
+                       "den_edges": den_edges if use_diff else model_state["den_edges"]}
+        return {"rec": rec, "denoiser": dparams}, {"rec": opt_r, "denoiser": opt_d}, model_state, losses
+
+    def best_payload(self, params: dict, model_state: dict) -> dict:
+        """What ``best/`` keeps: the parameters and the embeddings :meth:`score` ranks with."""
+        return {"params": params, "model_state": {k: model_state[k] for k in ("user_final", "item_final")}}
 
     def score(self, params, model_state, x_BxI, key=None, user_ids_B=None) -> jnp.ndarray:
         """``<user, item>`` with the kept main-view embeddings."""
@@ -726,65 +710,3 @@ class DiffKG:
             raise ValueError("DiffKG.score needs user_ids_B (the trainer passes it: needs_user_ids)")
         return jnp.matmul(model_state["user_final"][user_ids_B], model_state["item_final"].T,
                           precision=jax.lax.Precision.HIGHEST)
-
-
-# ----------------------------------------------------------------------------------------------
-# Scale check: one KG diffusion epoch (and one rebuild) on a real KG
-# ----------------------------------------------------------------------------------------------
-
-
-def diffusion_epoch_benchmark(kg: K.KnowledgeGraph, ui: Any, config: Any, *, n_batches: int | None = None,
-                              rebuild: bool = True, seed: int = 0, progress=None) -> dict:
-    """Times one diffusion pass over all entity rows (and one rebuild) with DiffKG's own code.
-
-    Args:
-      kg: the KG.
-      ui: ``[U, I]`` CSR of interactions for the CKGC term (items = entities ``0..I-1``).
-      config: a DiffKG config (``config.model``, ``config.diffusion``, ``config.train``).
-      n_batches: stop the diffusion pass after this many batches (None: the full epoch).
-      rebuild: also time the rebuild over all entities.
-      seed: PRNG seed.
-      progress: optional ``f(batch, loss, seconds)``.
-
-    Returns:
-      ``{"entities", "batches", "diffusion_s", "rebuild_s", "denoised_edges", "peak_rss_gb",
-      "denoiser_params"}`` (peak RSS of this process, the whole run).
-    """
-    import resource
-
-    from diffrec_jax.data.interactions import CSR, InteractionData
-    from diffrec_jax.models.mlp import count_params
-
-    empty = CSR(np.zeros(ui.n_users + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), ui.n_items)
-    data = InteractionData(name=kg.name, n_users=ui.n_users, n_items=ui.n_items, train=ui, valid=empty, test=empty)
-    model = DiffKG(config, data, kg=kg)
-    _, params, _ = model.init(jax.random.key(seed))
-    rec, dparams = params["rec"], params["denoiser"]
-    model.make_steps()
-    opt_d = model.tx_d.init(dparams)
-    order = np.random.default_rng(seed).permutation(model.E)
-    bs = min(int(model._get("diff_batch")), model.E)
-    if n_batches is not None:
-        order = order[: n_batches * bs]
-    t0 = time.perf_counter()
-    last = [t0]
-
-    def on_batch(b, loss):
-        if progress is not None:
-            jax.block_until_ready(loss)
-            now = time.perf_counter()
-            progress(b, float(loss), now - last[0])
-            last[0] = now
-
-    dparams, opt_d, loss = model.diffusion_epoch(dparams, opt_d, rec, order, jax.random.key(seed + 1), on_batch)
-    jax.block_until_ready(dparams)
-    out = {"entities": int(len(order)), "batches": int(math.ceil(len(order) / bs)),
-           "diffusion_s": time.perf_counter() - t0, "diffusion_loss": loss,
-           "denoiser_params": count_params(dparams)}
-    if rebuild:
-        t1 = time.perf_counter()
-        den = model.rebuild(dparams, np.random.default_rng(seed))
-        out["rebuild_s"] = time.perf_counter() - t1
-        out["denoised_edges"] = int(den[0].shape[0])
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return out

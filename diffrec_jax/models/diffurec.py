@@ -37,7 +37,7 @@ attention bias ``log P`` (:func:`collapsed_padding_bias`), where a masked query 
 bias alone (uniform over the ``L`` original columns: weight ``1/L`` per item, ``P/L`` for the slot).
 Columns left of the slot in a wider batch are dead (bias ``-1e9``). A row needs
 ``min(R + 1, L)`` columns (:func:`collapsed_width`); batches are built from rows of similar need
-(``seq_train.eval_plan``). Tested to float tolerance against the full form with lambda at its mean
+(``diffrec_jax.training.sequences.eval_plan``). Tested to float tolerance against the full form with lambda at its mean
 (``lambda_std = 0``), through the 32-step chain, on every length 1..50 and on truncated histories.
 With the reference's per-position draws it is not exact: the slot uses the draw of column
 ``L-R-1`` (the padding next to the items) for all pads, the real columns keep their own; how far

@@ -30,14 +30,13 @@ so the class sets ``needs_user_ids = True`` and the trainer passes ``user_ids_B`
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LightGCN", "normalized_edges", "pretrain_item_embeddings", "sample_bpr_triples"]
+__all__ = ["LightGCN", "normalized_edges", "sample_bpr_triples"]
 
 
 def normalized_edges(x_csr: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,46 +228,6 @@ class LightGCN:
         """Final propagated item embeddings, float32 ``[I, emb_dim]`` (host array)."""
         params = {k: jnp.asarray(params[k]) for k in ("user_emb", "item_emb")}
         return np.asarray(jax.device_get(jax.jit(self.propagate)(params)[1]), np.float32)
-
-
-def pretrain_item_embeddings(config: Any, data: Any, workdir: str) -> np.ndarray:
-    """Trains LightGCN with the standard trainer and returns its best item embeddings.
-
-    Runs :func:`diffrec_jax.train.train_and_evaluate` (resuming any run in ``workdir``), restores
-    the best validation parameters from ``workdir/best`` (``workdir/best/seed_<seed>``, the first
-    replica's, when ``config.num_seeds > 1``) and saves the final propagated item embeddings to
-    ``workdir/item_emb.npy`` (the file L-DiffRec clusters items with).
-
-    Args:
-      config: a config with ``model.name == "lightgcn"``.
-      data: the dataset (an :class:`~diffrec_jax.data.InteractionData`), or None to load
-        ``config.data``.
-      workdir: run directory.
-
-    Returns:
-      float32 ``[I, emb_dim]`` item embeddings.
-    """
-    from diffrec_jax import train  # imported here: train imports the model registry
-    from diffrec_jax.checkpointing import Checkpointer
-
-    if config.model.name != "lightgcn":
-        raise ValueError(
-            f"config.model.name must be 'lightgcn' to pretrain item embeddings, got {config.model.name!r}"
-        )
-    if data is None:
-        data = train.load_data(config.data)
-    train.train_and_evaluate(config, workdir, data=data)
-    best_dir = os.path.join(workdir, "best")
-    if int(config.get("num_seeds", 1)) > 1:  # several replicas: the first seed's best parameters
-        best_dir = os.path.join(best_dir, f"seed_{int(config.seed)}")
-    best = Checkpointer(best_dir, max_to_keep=1)
-    try:
-        params, _ = best.restore_untyped()
-    finally:
-        best.close()
-    emb = LightGCN(config, data).item_embeddings(params)
-    np.save(os.path.join(workdir, "item_emb.npy"), emb)
-    return emb
 
 
 def _get(m: Any, field: str) -> Any:

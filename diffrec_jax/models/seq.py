@@ -1,6 +1,6 @@
 """Transformer sequence encoder (Flax NNX) shared by SASRec, DreamRec and DiffuRec, and SASRec.
 
-Sequence-model contract (used by :func:`diffrec_jax.seq_train.train_and_evaluate`). A model is a
+Sequence-model contract (used by :mod:`diffrec_jax.training.sequences`). A model is a
 class ``Model(config, data)`` built from a :class:`~diffrec_jax.data.sequences.SequenceData`:
 
 * ``init(key) -> (graphdef, params, model_state)``;

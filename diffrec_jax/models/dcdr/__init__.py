@@ -15,7 +15,7 @@ This package implements that spec (its section 8), one file per part:
 * :mod:`.pointwise`: the :class:`PointwiseRanker` baseline.
 
 Each file's docstring holds its part of the spec. Everything here is functional JAX on dict
-parameter trees; the training loop is :mod:`diffrec_jax.rerank_train`.
+parameter trees; the training loop is :mod:`diffrec_jax.training.rerank`.
 """
 
 from diffrec_jax.models.dcdr.beam import (INVALID, decode_topb, generate, greedy_decode,

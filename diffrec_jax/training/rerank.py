@@ -22,7 +22,7 @@
 5. paper-style AUC / NDCG@3 of the evaluator's and the point-wise model's click scores against
    the sampled clicks of the logged test lists;
 
-and writes ``workdir/results.json`` (and ``metrics.jsonl`` with per-epoch training losses).
+and writes ``workdir/results.json`` (each model's ``metrics.jsonl`` is in its own folder).
 
 DCDR is a reconstruction by design (see :mod:`diffrec_jax.models.dcdr`); nothing here is
 comparable with the paper's Avito / VideoRerank numbers.
@@ -40,29 +40,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import ml_collections
 
 from diffrec_jax.checkpointing import Checkpointer
-from diffrec_jax.data import rerank_synthetic as RS
-from diffrec_jax.models import dcdr as D
+from diffrec_jax.data import load as load_data
+from diffrec_jax.data import rerank_synthetic as world_lib
+from diffrec_jax.models import count_params, dcdr
+from diffrec_jax.training import loop
+from diffrec_jax.training.batching import epoch_batches
+from diffrec_jax.training.io import save_config, write_json
+from diffrec_jax.training.optim import make_optimizer
+from diffrec_jax.training.steps import TrainState, make_update
 
 log = logging.getLogger("diffrec_jax")
 
-__all__ = ["train_and_evaluate", "make_world", "fit", "auc", "ndcg_at", "swap_neighbours", "swap_search"]
+__all__ = ["train_and_evaluate", "train_stage", "auc", "ndcg_at", "swap_neighbours", "swap_search",
+           "condition_codes", "generate_lists", "CONDITIONS"]
 
 
-def make_world(dcfg) -> RS.RerankWorld:
-    """The world a ``config.data`` group describes (``source = "rerank_synthetic"``)."""
-    if dcfg.get("source", "rerank_synthetic") != "rerank_synthetic":
-        raise ValueError(f"config.data.source must be 'rerank_synthetic' for the rerank task, got {dcfg.source!r}")
-    keys = ("n_users", "n_items", "n_cats", "dim", "history_len", "n", "m", "n_train", "n_valid",
-            "n_test", "swaps_mean", "init_noise", "seed")
-    kw = {k: dcfg[k] for k in keys if k in dcfg and dcfg[k] is not None}
-    return RS.make_rerank_world(**kw)
-
-
-def _split_arrays(world: RS.RerankWorld, split: RS.RerankSplit, rank_feature: bool = True) -> dict:
-    codes = RS.response_codes(split.clicks, split.likes, world.m)
+def split_arrays(world: world_lib.RerankWorld, split: world_lib.RerankSplit, rank_feature: bool = True) -> dict:
+    codes = world_lib.response_codes(split.clicks, split.likes, world.m)
     out = {
         "user": jnp.asarray(split.user), "cands": jnp.asarray(split.cands),
         "hist": jnp.asarray(world.history[split.user]), "init": jnp.asarray(split.init),
@@ -70,87 +67,106 @@ def _split_arrays(world: RS.RerankWorld, split: RS.RerankSplit, rank_feature: bo
         "likes": jnp.asarray(split.likes), "codes": jnp.asarray(codes),
     }
     if rank_feature:
-        out["rank"] = D.init_rank(out["init"])
+        out["rank"] = dcdr.init_rank(out["init"])
     return out
 
 
-def _ctx(a: dict, idx=None) -> D.Context:
+def context(a: dict, idx=None) -> dcdr.Context:
     rank = a.get("rank")
     if idx is None:
-        return D.Context(a["user"], a["cands"], a["hist"], rank)
-    return D.Context(a["user"][idx], a["cands"][idx], a["hist"][idx], None if rank is None else rank[idx])
+        return dcdr.Context(a["user"], a["cands"], a["hist"], rank)
+    return dcdr.Context(a["user"][idx], a["cands"][idx], a["hist"][idx], None if rank is None else rank[idx])
 
 
-def fit(loss_fn, params, arrays: dict, *, epochs: int, batch_size: int, lr: float, seed: int,
-        name: str, writer=None, valid: dict | None = None, weight_decay: float = 0.0,
-        patience: int = 0) -> tuple[Any, list[float]]:
-    """AdamW on ``loss_fn(params, arrays, idx_B, mask_B, key) -> (loss, aux)`` over shuffled batches.
+class StageTask:
+    """One model of the rerank experiment as a task of the training loop: Adam(W) on
+    ``loss_fn(params, arrays, idx_B, mask_B, key) -> (loss, aux)`` over shuffled batches of the
+    train requests, selected by the validation loss (a fixed key), or the last epoch without
+    validation."""
 
-    The last partial batch is padded (mask False) so one shape compiles; batch order is a
-    function of ``(seed, epoch)`` and keys of ``(seed, step)``. With ``valid`` arrays, the loss on
-    them (fixed key) is computed after every epoch and the parameters of the best epoch are
-    returned; ``patience > 0`` stops after that many epochs without improvement.
+    closed_form = False
+
+    def __init__(self, loss_fn, params, arrays: dict, valid: dict | None, *, batch_size: int, seed: int, tx):
+        self.params0, self.arrays, self.valid, self.tx = params, arrays, valid, tx
+        self.batch_size, self.seeds = batch_size, [seed]
+        self.n = int(arrays["user"].shape[0])
+        self.steps_per_epoch = -(-self.n // batch_size)
+        self.base = jax.random.key(seed)
+
+        def stage_loss(p, model_state, arrays, idx, mask, key):
+            loss, aux = loss_fn(p, arrays, idx, mask, key)
+            return loss, (model_state, aux)
+
+        update = make_update(stage_loss, tx)
+        self.step = jax.jit(lambda st, idx, mask, key: update(st, arrays, idx, mask, key)[:2])
+        if valid is not None:
+            vkey = jax.random.key(seed + 999)
+            self.vloss = jax.jit(lambda p, idx, mask: loss_fn(p, valid, idx, mask, vkey)[0])
+
+    def init_state(self):
+        return TrainState(jnp.zeros((), jnp.int32), self.params0, self.tx.init(self.params0), {})
+
+    def train_epoch(self, state, epoch, on_steps):
+        idx, mask = epoch_batches(self.n, self.batch_size, self.seeds[0], epoch)
+        losses = []
+        for b in range(idx.shape[0]):
+            state, loss = self.step(state, idx[b], mask[b], jax.random.fold_in(self.base, state.step))
+            losses.append(loss)
+            on_steps(1, None)
+        return state, np.asarray(jax.device_get(losses)), self.n
+
+    def evaluate(self, state, *, test: bool = True):
+        if self.valid is None:  # no selection: the last epoch is kept
+            return [{"valid": {"epoch": float(state.step)}, "test": {}}]
+        nv, bs = int(self.valid["user"].shape[0]), self.batch_size
+        tot, cnt = 0.0, 0
+        for a in range(0, nv, bs):
+            idx = np.arange(a, a + bs) % nv
+            mask = np.arange(a, a + bs) < nv
+            tot += float(self.vloss(state.params, idx.astype(np.int32), mask)) * int(mask.sum())
+            cnt += int(mask.sum())
+        return [{"valid": {"loss": tot / cnt}, "test": {}}]
+
+    def best_payload(self, state, k):
+        return state.params
+
+    def summary(self, state):
+        return {"params": count_params(state.params)}
+
+
+def train_stage(name: str, loss_fn, params, arrays: dict, workdir: str, *, epochs: int, batch_size: int,
+                lr: float, seed: int, valid: dict | None = None, weight_decay: float = 0.0,
+                patience_epochs: int = 0) -> tuple[Any, list[float]]:
+    """Trains one model of the experiment with the training loop in ``workdir/<name>`` (resumed
+    when interrupted) and returns its kept parameters.
+
+    Batch order is a function of ``(seed, epoch)`` and keys of ``(seed, step)``; with ``valid``
+    arrays the epoch of lowest validation loss is kept, and ``patience_epochs > 0`` stops once
+    that many epochs passed without improvement (the loop's rule); without, the last epoch.
 
     Returns:
-      ``(params, per-epoch mean train losses)``.
+      ``(kept parameters, per-epoch mean train losses)``.
     """
-    tx = optax.adamw(lr, weight_decay=weight_decay)
-    opt = tx.init(params)
-    N = int(arrays["user"].shape[0])
-
-    @jax.jit
-    def step(params, opt, idx, mask, key):
-        (loss, aux), g = jax.value_and_grad(lambda p: loss_fn(p, arrays, idx, mask, key), has_aux=True)(params)
-        up, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, up), opt, loss
-
-    base = jax.random.key(seed)
-    losses = []
-    s = 0
-    best = (math.inf, params, 0)
-    if valid is not None:
-        nv = int(valid["user"].shape[0])
-        vloss = jax.jit(lambda p, idx, mask: loss_fn(p, valid, idx, mask, jax.random.key(seed + 999))[0])
-
-        def valid_loss(p):
-            tot, cnt = 0.0, 0
-            for a in range(0, nv, batch_size):
-                idx = np.arange(a, a + batch_size) % nv
-                mask = np.arange(a, a + batch_size) < nv
-                tot += float(vloss(p, idx.astype(np.int32), mask)) * int(mask.sum())
-                cnt += int(mask.sum())
-            return tot / cnt
-    nb = math.ceil(N / batch_size)
-    for ep in range(1, epochs + 1):
-        order = np.random.default_rng([seed, ep]).permutation(N)
-        pad = nb * batch_size - N
-        idx = np.concatenate([order, np.zeros(pad, np.int64)]).reshape(nb, batch_size).astype(np.int32)
-        mask = np.concatenate([np.ones(N, bool), np.zeros(pad, bool)]).reshape(nb, batch_size)
-        t0 = time.perf_counter()
-        ls = []
-        for b in range(nb):
-            params, opt, loss = step(params, opt, idx[b], mask[b], jax.random.fold_in(base, s))
-            s += 1
-            ls.append(loss)
-        mean = float(np.mean(jax.device_get(ls)))
-        if not math.isfinite(mean):
-            raise FloatingPointError(f"{name}: non-finite loss in epoch {ep}")
-        losses.append(mean)
-        dt = time.perf_counter() - t0
-        rec = {"model": name, "epoch": ep, "loss": mean, "epoch_s": dt}
-        if valid is not None:
-            rec["valid_loss"] = valid_loss(params)
-            if rec["valid_loss"] < best[0]:
-                best = (rec["valid_loss"], params, ep)
-        log.info("%s epoch %d: %s", name, ep, {k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})
-        if writer is not None:
-            writer(rec)
-        if valid is not None and patience and ep - best[2] >= patience:
-            break
-    if valid is not None:
-        log.info("%s: best epoch %d (valid loss %.4f)", name, best[2], best[0])
-        return best[1], losses
-    return params, losses
+    tx = make_optimizer(ml_collections.ConfigDict(
+        {"name": "adamw", "lr": lr, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": weight_decay}))
+    task = StageTask(loss_fn, params, arrays, valid, batch_size=batch_size, seed=seed, tx=tx)
+    cfg = ml_collections.ConfigDict({
+        "model": {"name": name},
+        "train": {"num_epochs": epochs, "eval_every_epochs": 1, "max_to_keep": 1, "batch_size": batch_size,
+                  "patience_epochs": patience_epochs if patience_epochs > 0 else epochs + 1},
+        "eval": {"select_metric": "loss" if valid is not None else "epoch", "select_digits": None},
+    })
+    stage_dir = os.path.join(workdir, name)
+    res = loop.run(task, cfg, stage_dir)
+    best = Checkpointer(os.path.join(stage_dir, "best"), max_to_keep=1)
+    try:
+        kept, _ = best.restore(best.latest_step(), jax.eval_shape(lambda: params))
+    finally:
+        best.close()
+    log.info("%s: best epoch %d (valid %s)", name, res["best_epoch"], res["valid"])
+    with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
+        losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
+    return kept, losses
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -242,19 +258,19 @@ def condition_codes(kind: str, R: int, n: int, m: int, observed: jnp.ndarray | N
             raise ValueError("the observed condition needs the observed codes")
         return jnp.asarray(observed, jnp.int32)
     if kind == "all_positive":
-        c = jnp.full((R, n), RS.CLICK_LIKE, jnp.int32)
+        c = jnp.full((R, n), world_lib.CLICK_LIKE, jnp.int32)
     elif kind == "all_negative":
-        c = jnp.full((R, n), RS.NO_CLICK, jnp.int32)
+        c = jnp.full((R, n), world_lib.NO_CLICK, jnp.int32)
     elif kind == "top_k":
         if not 1 <= top <= m:
             raise ValueError(f"config.infer.cond_top must be in 1..{m} (exposed slots), got {top}")
-        c = jnp.full((R, n), RS.NO_CLICK, jnp.int32).at[:, :top].set(RS.CLICK)
+        c = jnp.full((R, n), world_lib.NO_CLICK, jnp.int32).at[:, :top].set(world_lib.CLICK)
     else:
         raise ValueError(f"config.infer.condition must be one of {CONDITIONS}, got {kind!r}")
-    return c.at[:, m:].set(RS.UNEXPOSED)
+    return c.at[:, m:].set(world_lib.UNEXPOSED)
 
 
-def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None, eparams, arrays: dict,
+def generate_lists(model: dcdr.DCDR, params, evaluator: dcdr.ListEvaluator | None, eparams, arrays: dict,
                        n: int, cond_kind: str, icfg, pick: bool = True) -> dict:
     """Generates lists for the first ``n`` requests of ``arrays`` under a condition.
 
@@ -278,13 +294,13 @@ def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None,
     util = None if (evaluator is None or not pick) else jax.jit(evaluator.utility)
     for s in range(0, n, bs):
         idx = jnp.arange(s, min(n, s + bs))
-        ctx = _ctx(arrays, idx)
+        ctx = context(arrays, idx)
         R = int(idx.shape[0])
         cond = condition_codes(cond_kind, R, ncand, m, arrays["codes"][idx] if cond_kind == "observed" else None,
                                int(icfg.get("cond_top", 3)))
         guide = None
         if evaluator is not None and lam > 0:
-            guide = D.evaluator_guide(evaluator, eparams, ctx, cond, lam)
+            guide = dcdr.evaluator_guide(evaluator, eparams, ctx, cond, lam)
         seqs, scores, steps = model.generate(
             params, ctx, arrays["init"][idx], cond, t_start=int(icfg.t_start), beam=int(icfg.beam),
             early_stop=bool(icfg.early_stop), guidance=float(icfg.get("guidance", 0.0)),
@@ -297,7 +313,7 @@ def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None,
                 scores = jnp.concatenate([scores, jnp.zeros((R, 1), scores.dtype)], 1)
             B = seqs.shape[1]
             u = util(eparams, ctx.repeat(B), seqs.reshape(R * B, ncand)).reshape(R, B)
-            u = jnp.where(scores > D.INVALID / 2, u, -jnp.inf)
+            u = jnp.where(scores > dcdr.INVALID / 2, u, -jnp.inf)
             best = jnp.argmax(u, 1)
             if icfg.get("keep_initial", True) and float(icfg.get("min_gain", 0.0)) > 0:
                 # switch away from the starting list only for a predicted gain of at least min_gain
@@ -313,63 +329,62 @@ def run_dcdr_inference(model: D.DCDR, params, evaluator: D.ListEvaluator | None,
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Runs the reranking experiment of the module docstring; returns and writes results.json."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    D.DCDR.validate_config(config)
+    """Runs the reranking experiment of the module docstring; returns and writes results.json.
+
+    The three models train one after another, each through the training loop in its own folder
+    (``workdir/evaluator``, ``workdir/pointwise``, ``workdir/dcdr``: ``metrics.jsonl``,
+    checkpoints, resumed when interrupted); the trained generator and evaluator are kept in
+    ``workdir/best`` for :mod:`diffrec_jax.inference`.
+    """
+    save_config(config, workdir)
+    dcdr.DCDR.validate_config(config)
     icfg = config.infer
     if icfg.get("condition", "all_positive") not in CONDITIONS:
         raise ValueError(f"config.infer.condition must be one of {CONDITIONS}, got {icfg.condition!r}")
     if float(icfg.get("eval_guidance", 0.0)) < 0:
         raise ValueError(f"config.infer.eval_guidance must be >= 0, got {icfg.eval_guidance}")
     t_all = time.perf_counter()
-    world = make_world(config.data)
+    world = load_data(config.data)
     condition_codes("top_k", 1, world.n, world.m, top=int(icfg.get("cond_top", 3)))  # refuses a bad cond_top now
     log.info("world: %s", world.summary())
     seed = int(config.seed)
     rank_feature = bool(config.get("init_rank_feature", True))
-    tr = _split_arrays(world, world.train, rank_feature)
-    va = _split_arrays(world, world.valid, rank_feature)
+    tr = split_arrays(world, world.train, rank_feature)
+    va = split_arrays(world, world.valid, rank_feature)
     eval_split = config.eval.get("split", "test")
     src = world.test if eval_split == "test" else world.valid
     te_split = src.take(np.arange(min(len(src), int(config.eval.n_requests))))
-    te = _split_arrays(world, te_split, rank_feature)
+    te = split_arrays(world, te_split, rank_feature)
     n_te = len(te_split)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-
-    def writer(rec):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
 
     tcfg = config.train
     timings = {}
-    fit_kw = {"valid": va if tcfg.get("select_on_valid", True) else None,
-              "weight_decay": float(tcfg.get("weight_decay", 0.0)), "patience": int(tcfg.get("patience", 0))}
+    stage_kw = {"valid": va if tcfg.get("select_on_valid", True) else None, "batch_size": int(tcfg.batch_size),
+                "lr": float(tcfg.lr), "weight_decay": float(tcfg.get("weight_decay", 0.0)),
+                "patience_epochs": int(tcfg.get("patience_epochs", 0))}
     # 1. list-wise evaluator
-    ev = D.ListEvaluator(config, world)
+    ev = dcdr.ListEvaluator(config, world)
     _, ep0, _ = ev.init(jax.random.key(seed * 1000 + 1))
     t0 = time.perf_counter()
-    ep, _ = fit(lambda p, a, i, mk, k: ev.loss(p, _ctx(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
-                ep0, tr, epochs=int(tcfg.evaluator_epochs), batch_size=int(tcfg.batch_size), lr=float(tcfg.lr),
-                seed=seed * 1000 + 11, name="evaluator", writer=writer, **fit_kw)
+    ep, _ = train_stage(
+        "evaluator", lambda p, a, i, mk, k: ev.loss(p, context(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
+        ep0, tr, workdir, epochs=int(tcfg.evaluator_epochs), seed=seed * 1000 + 11, **stage_kw)
     timings["evaluator_train_s"] = time.perf_counter() - t0
     # 2. point-wise reranker
-    pw = D.PointwiseRanker(config, world)
+    pw = dcdr.PointwiseRanker(config, world)
     _, pp0, _ = pw.init(jax.random.key(seed * 1000 + 2))
     t0 = time.perf_counter()
-    pp, _ = fit(lambda p, a, i, mk, k: pw.loss(p, _ctx(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
-                pp0, tr, epochs=int(tcfg.pointwise_epochs), batch_size=int(tcfg.batch_size), lr=float(tcfg.lr),
-                seed=seed * 1000 + 12, name="pointwise", writer=writer, **fit_kw)
+    pp, _ = train_stage(
+        "pointwise", lambda p, a, i, mk, k: pw.loss(p, context(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
+        pp0, tr, workdir, epochs=int(tcfg.pointwise_epochs), seed=seed * 1000 + 12, **stage_kw)
     timings["pointwise_train_s"] = time.perf_counter() - t0
     # 3. DCDR denoiser
-    model = D.DCDR(config, world)
+    model = dcdr.DCDR(config, world)
     _, dp0, _ = model.init(jax.random.key(seed * 1000 + 3))
     t0 = time.perf_counter()
-    dp, dl = fit(lambda p, a, i, mk, k: model.loss(p, _ctx(a, i), a["logged"][i], a["codes"][i], mk, k),
-                 dp0, tr, epochs=int(tcfg.num_epochs), batch_size=int(tcfg.batch_size), lr=float(tcfg.lr),
-                 seed=seed * 1000 + 13, name="dcdr", writer=writer, **fit_kw)
+    dp, dl = train_stage(
+        "dcdr", lambda p, a, i, mk, k: model.loss(p, context(a, i), a["logged"][i], a["codes"][i], mk, k),
+        dp0, tr, workdir, epochs=int(tcfg.num_epochs), seed=seed * 1000 + 13, **stage_kw)
     timings["dcdr_train_s"] = time.perf_counter() - t0
     # the trained generator and evaluator, for diffrec_jax.inference (list generation on request)
     best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
@@ -380,13 +395,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # 4. test lists and their exact utility
     def exact(lists):
-        return RS.expected_clicks(world, te_split.user, te_split.cands, np.asarray(lists))
+        return world_lib.expected_clicks(world, te_split.user, te_split.cands, np.asarray(lists))
 
     util = {"initial": exact(te_split.init), "logged": exact(te_split.logged)}
-    pw_lists = _batched(lambda i: pw.rerank(pp, _ctx(te, i)), te, n_te, 1000)
+    pw_lists = _batched(lambda i: pw.rerank(pp, context(te, i)), te, n_te, 1000)
     util["pointwise"] = exact(pw_lists)
     t0 = time.perf_counter()
-    gen = run_dcdr_inference(model, dp, ev, ep, te, n_te, icfg.get("condition", "all_positive"), icfg)
+    gen = generate_lists(model, dp, ev, ep, te, n_te, icfg.get("condition", "all_positive"), icfg)
     timings["dcdr_infer_s"] = time.perf_counter() - t0
     util["dcdr"] = exact(gen["lists"])
     util["dcdr_generator_only"] = exact(gen["top"])
@@ -394,7 +409,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ev_util = jax.jit(ev.utility)
 
     def ev_search(i):
-        ctx = _ctx(te, i)
+        ctx = context(te, i)
         fn = lambda c: ev_util(ep, ctx.repeat(c.shape[1]), c.reshape(-1, c.shape[-1])).reshape(c.shape[:2])  # noqa: E731
         return swap_search(fn, te["init"][i], int(icfg.get("search_rounds", 1)))
 
@@ -406,7 +421,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if kind == icfg.get("condition", "all_positive"):
             cond_check[kind] = float(util["dcdr_generator_only"].mean())
         else:
-            g = run_dcdr_inference(model, dp, ev, ep, te, n_te, kind, icfg, pick=False)
+            g = generate_lists(model, dp, ev, ep, te, n_te, kind, icfg, pick=False)
             cond_check[kind] = float(exact(g["top"]).mean())
     # the same check for the ideal generator (exact Bayes posterior, true click model and log prior)
     ideal = None
@@ -419,7 +434,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         for kind in CONDITIONS:
             codes = np.asarray(condition_codes(kind, n_ideal, world.n, world.m, te["codes"][:n_ideal],
                                                int(icfg.get("cond_top", 3))))
-            o = RS.bayes_conditional(world, sub, codes, float(config.data.swaps_mean), ws)
+            o = world_lib.bayes_conditional(world, sub, codes, float(config.data.swaps_mean), ws)
             ideal[kind] = {f"w={w:g}": {"mode": float(o["map_utility"][i].mean()),
                                         "posterior_mean": float(o["mean_utility"][i].mean()),
                                         "kl_to_prior_nats": float(o["info_nats"][i].mean())}
@@ -429,14 +444,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     opt = None
     if world.n <= 12:
         t0 = time.perf_counter()
-        opt, opt_lists = RS.brute_force_optimum(world, te_split)
+        opt, opt_lists = world_lib.brute_force_optimum(world, te_split)
         timings["optimum_s"] = time.perf_counter() - t0
         util["optimum"] = opt
 
     # 5. paper-style AUC / NDCG@3 on the logged test lists
     m = world.m
-    ev_p = _batched(lambda i: jax.nn.sigmoid(ev.logits(ep, _ctx(te, i), te["logged"][i])[:, :, 0]), te, n_te, 1000)
-    pw_s = _batched(lambda i: jnp.take_along_axis(pw.item_logits(pp, _ctx(te, i)), te["logged"][i], 1), te, n_te, 1000)
+    ev_p = _batched(lambda i: jax.nn.sigmoid(ev.logits(ep, context(te, i), te["logged"][i])[:, :, 0]), te, n_te, 1000)
+    pw_s = _batched(lambda i: jnp.take_along_axis(pw.item_logits(pp, context(te, i)), te["logged"][i], 1), te, n_te, 1000)
     clicks = te_split.clicks[:, :m]
     paper_style = {
         "evaluator": {"auc": auc(ev_p[:, :m], clicks), "ndcg@3": ndcg_at(ev_p[:, :m], clicks, 3)},
@@ -475,7 +490,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if opt is not None:
         # evaluator sanity: how often it ranks the brute-force optimum above the initial list
         pair = jnp.asarray(np.stack([te_split.init, opt_lists], 1), jnp.int32)
-        pick = _batched(lambda i: jnp.argmax(ev_util(ep, _ctx(te, i).repeat(2), pair[i].reshape(-1, world.n))
+        pick = _batched(lambda i: jnp.argmax(ev_util(ep, context(te, i).repeat(2), pair[i].reshape(-1, world.n))
                                              .reshape(-1, 2), 1), te, n_te, 1000)
         res["evaluator_prefers_optimum_over_initial"] = float(np.mean(pick == 1))
         res["ratio_to_optimum"] = {k: float(v.mean() / opt.mean()) for k, v in util.items()}
@@ -494,7 +509,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     res["dcdr_minus_pointwise"] = {"mean": float(diff.mean()), "se": float(diff.std(ddof=1) / math.sqrt(len(diff)))}
     diff = util["dcdr"] - util["initial"]
     res["dcdr_minus_initial"] = {"mean": float(diff.mean()), "se": float(diff.std(ddof=1) / math.sqrt(len(diff)))}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(res, f, indent=2)
-    log.info("rerank results: %s", json.dumps({"expected_clicks": mean_u, "conditioning": cond_check}))
+    write_json(os.path.join(workdir, "results.json"), res)
+    log.info("rerank results: expected clicks %s, conditioning %s", mean_u, cond_check)
     return res

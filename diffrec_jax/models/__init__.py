@@ -43,6 +43,7 @@ _REGISTRY: dict = {
     "sasrec": ("sequential", "diffrec_jax.models.seq:SASRec"),
     "dreamrec": ("sequential", "diffrec_jax.models.dreamrec:DreamRec"),
     "diffurec": ("sequential", "diffrec_jax.models.diffurec:DiffuRec"),
+    "preferdiff": ("sequential", "diffrec_jax.models.preferdiff:PreferDiff"),
     "dcdr": ("rerank", "diffrec_jax.models.dcdr:DCDR"),
 }
 

@@ -43,7 +43,8 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     c = _full()
     if variant == "tiny":
         c.data.update(dict(n_users=60, n_items=150, n_cats=5, n=5, n_train=400, n_valid=60, n_test=40))
-        c.model.update(dict(steps=4, emb_dim=16, n_layers=1, n_heads=2))
+        c.diffusion.steps = 4
+        c.model.update(dict(emb_dim=16, n_layers=1, n_heads=2))
         for g in (c.evaluator, c.pointwise):
             g.emb_dim = 16
         c.evaluator.n_layers, c.evaluator.n_heads = 1, 2
@@ -78,10 +79,11 @@ def _full() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "dcdr"
     c.model.kernel = "perm_swap"  # perm_swap (DCDR-P) | perm_uniform (DCDR-P, exact) | token_uniform (DCDR-T)
-    c.model.steps = 10  # T
-    c.model.schedule = "linear"  # linear | cosine
-    c.model.beta_min = 0.05
-    c.model.beta_max = 0.3
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.steps = 10  # T
+    c.diffusion.schedule = "linear"  # linear | cosine
+    c.diffusion.beta_min = 0.05
+    c.diffusion.beta_max = 0.3
     c.model.n_swaps_max = 2  # perm_swap: Binomial trials per step (about 3.5 swaps at t = T)
     c.model.emb_dim = 64
     c.model.n_layers = 2

@@ -15,9 +15,9 @@ One name per quantity. Every model, config and module uses these names for these
                                 In code: ``num_steps`` (``schedule.num_steps``, ``model.num_steps``).
 ``sampling.steps``              the number of reverse (network) steps run at inference, for the
                                 models that run fewer than T (FlowCF).
-``sampling.start_step``         DiffRec / L-DiffRec: how far the user's row is noised before the
-                                reverse chain (the reference's ``sampling_steps``; all T reverse
-                                steps run whatever it is).
+``sampling.noise_steps``        DiffRec / L-DiffRec: forward steps of noise on the user's row
+                                before the reverse chain (the reference's ``sampling_steps``; all
+                                T reverse steps run whatever it is; 0: the clean row).
 ``train.patience_epochs``       early stopping, one rule for every task: before epoch e, stop once
                                 the run has been evaluated and e - best_epoch >= patience_epochs.
 ``train.num_epochs``            the most epochs; ``train.eval_every_epochs`` how often validation
@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.diffusion.uniform_prob = 0.001  # uniform mixing weight of importance sampling
 
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.steps = 0  # noise the start point to step steps-1 (0: start from the clean row)
+    c.sampling.noise_steps = 0  # DiffRec: start from q(x_S | x_0), S = this (0: the clean row); all T steps run
     c.sampling.noise = False  # add noise in the reverse steps
     c.sampling.fast = True  # DiffRec: run the deterministic chain in the projected space (same result)
 

@@ -3,10 +3,10 @@
     python experiments/main.py --config=configs/flowcf_ml1m.py --workdir=runs/flowcf_ml1m
 
 (``--config.num_seeds=3`` trains three seeds vmapped in one program; ``--config.sampling.steps=S``
-picks the number of sampling steps, 1 <= S <= ``model.n_steps``.)
+picks the number of sampling steps, 1 <= S <= ``diffusion.steps``.)
 
 Behaviour-guided prior (each item Bernoulli(popularity)), discrete interpolation on the grid
-``t = k / N`` with ``N = model.n_steps = 9``, an MLP ``I + 10 -> 300 -> 300 -> I`` predicting the
+``t = k / N`` with ``N = diffusion.steps = 9``, an MLP ``I + 10 -> 300 -> 300 -> I`` predicting the
 clean row, and ``sampling.steps = 2`` discrete Euler steps from the user's own row
 (``diffrec_jax/models/flowcf.py``). The item count and popularity come from the data. Adam lr 1e-3,
 no weight decay, batch 4096, up to 500 epochs, validation every epoch and early stopping after 10
@@ -32,7 +32,7 @@ def get_config(variant: str = "reference"):
     c.data.source = "diffrec_npy"
     c.data.dir = "../shared/data/diffrec/ml-1m_clean"
     c.model.name = "flowcf"
-    c.model.n_steps = 9  # discretisation steps N of the time grid t = k / N
+    c.diffusion.steps = 9  # discretisation steps N of the time grid t = k / N
     c.model.dims = (300, 300)  # hidden widths of the MLP (I + emb -> dims -> I)
     c.model.emb_size = 10  # timestep embedding width
     c.model.dropout = 0.1  # dropout before every linear layer

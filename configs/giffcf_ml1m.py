@@ -33,7 +33,7 @@ def get_config():
     c.data.dir = "../shared/data/diffrec/ml-1m_clean"
     c.model.name = "giffcf"
     c.model.embed_dim = 200  # item embedding width d
-    c.model.T = 3  # diffusion steps (filter strength alpha t / T, t = 0..T)
+    c.diffusion.steps = 3  # T: filter steps (filter strength alpha t / T, t = 0..T)
     c.model.alpha = 1.5  # filter strength at t = T (> 1: over-smoothing, as the paper's ML-1M)
     c.model.ideal_weight = 0.0  # weight of the ideal low-pass part of the graph (0 on ML-1M)
     c.model.ideal_cutoff = 200  # eigenvectors in that part

@@ -22,7 +22,7 @@ read-only: nothing is written to the run directory.
   ``fold_in(key, n)`` (``fold_in(key, u)``), with ``key = jax.random.key(seed)``. The default
   ``seed=None`` is the run's own evaluation key, so ``recommend`` returns exactly the lists the
   evaluation ranked; the same call always gives the same lists, whatever the batch make-up.
-* ``sampling={"steps": 10}`` (any field of the run's ``config.sampling``, e.g. DiffRec's
+* ``sampling={"noise_steps": 10}`` (any field of the run's ``config.sampling``, e.g. DiffRec's
   ``steps``/``noise``, DreamRec's ``w``, DiffuRec's ``mode``) re-builds the model with that
   sampler for this call; the parameters are shared.
 * Batches are padded to a power of two (at most ``batch_size``), so each jitted scorer compiles
@@ -116,7 +116,25 @@ def _load_config(run_dir: str) -> ml_collections.ConfigDict:
         raise InferenceError(f"{path}: not a readable JSON config ({e})") from None
     if not isinstance(raw, dict) or "model" not in raw or "data" not in raw:
         raise InferenceError(f"{path}: not a run config (no 'model'/'data' groups)")
-    return ml_collections.ConfigDict(raw)
+    return ml_collections.ConfigDict(upgrade_config(raw))
+
+
+def upgrade_config(raw: dict) -> dict:
+    """A ``config.json`` written before the fields got one name per quantity, in today's names
+    (``configs/default.py``): the number of diffusion steps is ``diffusion.steps`` for every model
+    (DCDR's ``model.steps`` / ``schedule`` / ``beta_*``, GiffCF's ``model.T``, FlowCF's
+    ``model.n_steps`` before), DiffRec's start-point noise ``sampling.noise_steps`` (was
+    ``sampling.steps``). Today's configs pass unchanged."""
+    model, diffusion = raw.get("model", {}), raw.setdefault("diffusion", {})
+    sampling = raw.get("sampling", {})
+    name = model.get("name")
+    moves = {"dcdr": ("steps", "schedule", "beta_min", "beta_max"), "giffcf": ("T",), "flowcf": ("n_steps",)}
+    for field in moves.get(name, ()):
+        if field in model:
+            diffusion["steps" if field in ("T", "n_steps") else field] = model.pop(field)
+    if name in ("diffrec", "ldiffrec") and "steps" in sampling and "noise_steps" not in sampling:
+        sampling["noise_steps"] = sampling.pop("steps")
+    return raw
 
 
 def _id_maps(config, data_kind: str):
@@ -449,7 +467,7 @@ class Recommender:
             validation masking); ``"all"``: nor one of their validation or test items; False:
             rank everything.
           seed: None (the run's evaluation key: the evaluation's own lists), an int or a key.
-          sampling: sampler settings for this call, e.g. ``{"steps": 10, "noise": True}``.
+          sampling: sampler settings for this call, e.g. ``{"noise_steps": 10, "noise": True}``.
         """
         return Recommendations.concatenate(list(self.iter_recommend(
             users, k, exclude_seen=exclude_seen, seed=seed, sampling=sampling)))

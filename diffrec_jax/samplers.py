@@ -131,23 +131,23 @@ def diffrec_reverse(
     x0: jnp.ndarray,
     key: jax.Array | None = None,
     *,
-    sampling_steps: int = 0,
+    noise_steps: int = 0,
     sampling_noise: bool = False,
     mean_type: str = "x0",
     cond: Any = None,
 ) -> jnp.ndarray:
     """DiffRec's inference (``p_sample``, spec section 6): reverse diffusion from a *partly noised* input.
 
-    The start is the user's own row: ``x = x0`` if ``sampling_steps == 0``, else
-    ``x = q_sample(x0, t = sampling_steps - 1)``. Then *all* ``T`` reverse steps run, whatever
-    ``sampling_steps`` is (as the reference does), with or without sampling noise.
+    The start is the user's own row: ``x = x0`` if ``noise_steps == 0``, else
+    ``x = q_sample(x0, t = noise_steps - 1)``. Then *all* ``T`` reverse steps run, whatever
+    ``noise_steps`` is (as the reference does), with or without sampling noise.
 
     Args:
       denoise_fn: ``f(x_t, t_B, cond)``.
       schedule: VP schedule.
       x0: ``[B, I]`` interaction rows (binary or time-weighted).
-      key: needed when ``sampling_steps > 0`` or ``sampling_noise``.
-      sampling_steps: how far the start point is noised (``S`` in the spec); 0 means no noise.
+      key: needed when ``noise_steps > 0`` or ``sampling_noise``.
+      noise_steps: how far the start point is noised (``S`` in the spec); 0 means no noise.
       sampling_noise: add noise in the reverse steps.
       mean_type: what the denoiser predicts.
       cond: passed through.
@@ -156,15 +156,15 @@ def diffrec_reverse(
       ``[B, I]`` scores.
     """
     T = schedule.num_steps
-    if not 0 <= sampling_steps <= T:
-        raise ValueError(f"sampling_steps must be in [0, {T}], got {sampling_steps}")
+    if not 0 <= noise_steps <= T:
+        raise ValueError(f"noise_steps must be in [0, {T}], got {noise_steps}")
     x = x0
-    if sampling_steps > 0:
+    if noise_steps > 0:
         if key is None:
-            raise ValueError("diffrec_reverse with sampling_steps > 0 needs a key")
+            raise ValueError("diffrec_reverse with noise_steps > 0 needs a key")
         keys_B = batch_keys(key, x0.shape[0])
         z = normal_per_example(keys_B, T, x0.shape, x0.dtype)  # step id T: unused by the loop
-        x = dif.q_sample(schedule, x0, _t_batch(sampling_steps - 1, x0), z)
+        x = dif.q_sample(schedule, x0, _t_batch(noise_steps - 1, x0), z)
     return ancestral_sample(
         denoise_fn, schedule, x, key, cond=cond, mean_type=mean_type, noise=sampling_noise
     )

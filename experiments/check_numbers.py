@@ -30,6 +30,7 @@ flags.DEFINE_string("out", None, "JSON file to write (metrics of every run).")
 flags.DEFINE_string("against", None, "A JSON file written by this script to compare with.")
 flags.DEFINE_float("atol", 1e-6, "Largest absolute difference accepted by --against.")
 flags.DEFINE_string("only", "", "Comma-separated run names (default: all).")
+flags.DEFINE_string("md", None, "With --against: also write the before/after table (markdown) here.")
 FLAGS = flags.FLAGS
 
 ML100K = os.path.join(os.path.dirname(ROOT), "shared", "data", "movielens", "ml-100k")
@@ -69,7 +70,7 @@ def _interaction_cfgs(workroot):
         out[name] = c
     # the later models (README "Later models") on the same tiny data
     c = test_cfg.get_config()
-    c.model.name, c.model.embed_dim = "giffcf", 16
+    c.model.name, c.model.embed_dim, c.diffusion.steps = "giffcf", 16, 3
     out["giffcf"] = c
     c = test_cfg.get_config()
     c.model.name, c.model.dims, c.model.dropout = "flowcf", (16, 16), 0.1
@@ -120,6 +121,22 @@ def _summary(res: dict) -> dict:
     return keep
 
 
+HEADLINE = ("recall@20", "ndcg@20", "hr@10", "ndcg@10", "expected_clicks/dcdr", "ratio_to_optimum/dcdr")
+
+
+def _table(ref: dict, out: dict, worst: float) -> str:
+    """Markdown: each run's headline test metrics and epochs, before and after."""
+    rows = ["| run | metric | before | after | best epoch (before / after) | epochs run (before / after) |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in out.items():
+        b = ref.get(name, {})
+        for m in [m for m in HEADLINE if m in r.get("test", {})][:2]:
+            rows.append(f"| {name} | test {m} | {b.get('test', {}).get(m, float('nan')):.6f} | {r['test'][m]:.6f} | "
+                        f"{b.get('best_epoch')} / {r.get('best_epoch')} | {b.get('epochs_run')} / {r.get('epochs_run')} |")
+    rows.append(f"\nLargest absolute difference over every valid/test metric of the {len(out)} runs: {worst:.3g}.\n")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv):
     del argv
     import logging as std_logging
@@ -163,6 +180,9 @@ def main(argv):
                 if r.get(k) != ref[name].get(k):
                     bad.append(f"{name} {k}: {r.get(k)} vs {ref[name].get(k)}")
         print(f"largest difference {worst:.3g} over {len(out)} runs")
+        if FLAGS.md:
+            with open(FLAGS.md, "w") as f:
+                f.write(_table(ref, out, worst))
         for b in bad:
             print("DIFFERS:", b)
         if bad:

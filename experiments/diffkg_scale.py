@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import diffkg_lastfm  # noqa: E402
-from diffrec_jax.data import kg as K  # noqa: E402
+from diffrec_jax.data import kg as kg_data  # noqa: E402
 from diffrec_jax.data import CSR, InteractionData  # noqa: E402
 from diffrec_jax.models import count_params, diffkg  # noqa: E402
 
@@ -42,7 +42,7 @@ _BATCHES = flags.DEFINE_integer("batches", 0, "Stop after this many row batches 
 _REBUILD = flags.DEFINE_bool("rebuild", True, "Also time the denoised-KG rebuild over all entities.")
 
 
-def diffusion_epoch_benchmark(kg: K.KnowledgeGraph, ui: Any, config: Any, *, n_batches: int | None = None,
+def diffusion_epoch_benchmark(kg: kg_data.KnowledgeGraph, ui: Any, config: Any, *, n_batches: int | None = None,
                               rebuild: bool = True, seed: int = 0, progress=None) -> dict:
     """Times one diffusion pass over all entity rows (and one rebuild) with DiffKG's own code.
 
@@ -97,10 +97,10 @@ def diffusion_epoch_benchmark(kg: K.KnowledgeGraph, ui: Any, config: Any, *, n_b
 def main(argv):
     del argv
     t0 = time.perf_counter()
-    triples = K.load_kg_triples(_KG.value)
-    ui = K.load_kgin_interactions(_UI.value)
+    triples = kg_data.load_kg_triples(_KG.value)
+    ui = kg_data.load_kgin_interactions(_UI.value)
     n_ent = max(int(triples[:, [0, 2]].max()) + 1, ui.n_items)
-    g = K.build_kg(triples, name=os.path.basename(os.path.dirname(_KG.value)) or "kg", n_entities=n_ent)
+    g = kg_data.build_kg(triples, name=os.path.basename(os.path.dirname(_KG.value)) or "kg", n_entities=n_ent)
     load_s = time.perf_counter() - t0
     cfg = diffkg_lastfm.get_config()
     with cfg.unlocked():

@@ -140,7 +140,7 @@ def _approx_flops(model, params, width: int, bs: int) -> float:
         net = model.net(params)
         S, mask = net.history(seq, None)
         bias = collapsed_padding_bias(mask, model.L) if model.collapse_eval else None
-        return net.approximator(S, mask, x, t, model.T, model.lam_mean, model.lam_std, keys,
+        return net.approximator(S, mask, x, t, model.num_steps, model.lam_mean, model.lam_std, keys,
                                 full_len=model.L, key_bias_BxL=bias)
 
     del net
@@ -184,7 +184,7 @@ def eval_rows(name, cfg, data, params, rows: np.ndarray, key) -> dict:
             t0 = time.perf_counter()
             c = fn.lower(params, {}, arr, jnp.zeros((bs,), jnp.int32), key).compile()
             width = data.max_len if w is None else w
-            _COMPILED[(name, w, n)] = (c, xla_flops(c) + (model.T - 1) * _approx_flops(model, params, width, bs))
+            _COMPILED[(name, w, n)] = (c, xla_flops(c) + (model.num_steps - 1) * _approx_flops(model, params, width, bs))
             comp_s += time.perf_counter() - t0
         step[w] = _COMPILED[(name, w, n)]
     names = sequences.metric_names(ks)

@@ -4,7 +4,7 @@
         --out=results/flowcf_ml1m/steps.json
 
 Restores every seed of the run (``diffrec_jax.inference.load(run, seed=s)``), rebuilds the model
-with ``sampling.steps = n`` for each ``n`` (``1 <= n <= model.n_steps``; the parameters are shared)
+with ``sampling.steps = n`` for each ``n`` (``1 <= n <= diffusion.steps``; the parameters are shared)
 and runs the trainer's own full-ranking evaluation (``diffrec_jax.train.evaluate``: validation
 masks the train rows, test masks train and validation), so ``n`` equal to the run's
 ``sampling.steps`` reproduces its ``results.json``. Writes validation and test metrics per seed,
@@ -41,7 +41,7 @@ def main(argv=None):
     recs = [inference.load(a.run, seed=s) for s in seeds]
     data = recs[0].data
     dd = DeviceData.from_data(data)
-    out = {"run": a.run, "trained_sampling_steps": int(cfg0.sampling.steps), "n_steps": int(cfg0.model.n_steps),
+    out = {"run": a.run, "trained_sampling_steps": int(cfg0.sampling.steps), "n_steps": int(cfg0.diffusion.steps),
            "seeds": seeds, "epochs": [int(r.epoch) for r in recs], "rows": []}
     for n in steps:
         cfg = cfg0.copy_and_resolve_references()

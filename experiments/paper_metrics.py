@@ -23,7 +23,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from diffrec_jax import metrics as M  # noqa: E402
+from diffrec_jax import metrics  # noqa: E402
 from diffrec_jax import models  # noqa: E402
 from diffrec_jax.data import load  # noqa: E402
 from diffrec_jax.training.interactions import DeviceData  # noqa: E402
@@ -36,8 +36,8 @@ flags.mark_flags_as_required(["workdir"])
 
 def both_recalls(scores, seen, truth, ks):
     """Per-user sums of recall (|G|), recall (min(K, |G|)) and NDCG for each K; and the user count."""
-    top = M.topk_indices(M.mask_scores(scores, seen), max(ks))
-    hits = M.hits_from_topk(top, truth)
+    top = metrics.topk_indices(metrics.mask_scores(scores, seen), max(ks))
+    hits = metrics.hits_from_topk(top, truth)
     n = jnp.sum(truth > 0, axis=1).astype(jnp.float32)
     valid = n > 0
     disc = 1.0 / jnp.log2(jnp.arange(max(ks), dtype=jnp.float32) + 2.0)

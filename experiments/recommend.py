@@ -2,7 +2,7 @@
 
     python experiments/recommend.py --run=runs/quickstart --users=all --k=20 --out=recs.parquet
     python experiments/recommend.py --run=runs/x --users=users.txt --k=10 --out=recs.csv --exclude_seen=all
-    python experiments/recommend.py --run=runs/x --out=recs.parquet --sampling='{"steps": 10, "noise": true}' --seed=0
+    python experiments/recommend.py --run=runs/x --out=recs.parquet --sampling='{"noise_steps": 10, "noise": true}' --seed=0
 
 ``--users``: ``all`` or a file with one user id per line (the dataset's own ids; a first line
 ``user`` is a header). Columns: ``user, rank, item, score`` (ranks from 1). Users are scored in
@@ -31,7 +31,7 @@ _EXCLUDE = flags.DEFINE_enum("exclude_seen", None, ["train", "all", "none"],
 _SEED = flags.DEFINE_integer("seed", None, "Sampler seed (default: the run's evaluation key).")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Users per scoring batch.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The dataset folder, if it moved since training.")
-_SAMPLING = flags.DEFINE_string("sampling", None, 'Sampler settings as JSON, e.g. \'{"steps": 10, "noise": true}\' '
+_SAMPLING = flags.DEFINE_string("sampling", None, 'Sampler settings as JSON, e.g. \'{"noise_steps": 10, "noise": true}\' '
                                  "(fields of the run's config.sampling).")
 flags.mark_flags_as_required(["run", "out"])
 

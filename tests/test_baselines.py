@@ -291,6 +291,7 @@ def test_closed_form_end_to_end(tmp_path, popularity_recall, name, fields):
     assert res["test"]["recall@10"] > popularity_recall + 0.05
 
 
+@pytest.mark.slow
 def test_multvae_end_to_end_counter_checkpointed(tmp_path, popularity_recall):
     c = _cfg("multvae", enc_dims=(200, 64))
     c.optim.lr = 1e-2
@@ -308,6 +309,7 @@ def test_multvae_end_to_end_counter_checkpointed(tmp_path, popularity_recall):
     assert np.asarray(state["model_state"]["step"]).item() == np.asarray(state["step"]).item() == 6 * 4
 
 
+@pytest.mark.slow
 def test_lightgcn_end_to_end_and_pretrained_embeddings(tmp_path, popularity_recall):
     c = _cfg("lightgcn", emb_dim=16, samples_per_user=8)
     c.optim.lr = 1e-2

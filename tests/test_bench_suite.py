@@ -66,6 +66,7 @@ def test_topk_recall():
         topk.topk_recall(a[:, :2], a)
 
 
+@pytest.mark.slow
 def test_steps_part_one_row_per_n():
     model, params, ms, data = _tiny_diffrec()
     ns = (1, 5)
@@ -142,6 +143,7 @@ def test_markdown_renders_partial_results():
     assert "skipped: no config" in md and "scaling: boom" in md
 
 
+@pytest.mark.slow
 def test_seeds_part_reports_ratio_against_separate_runs():
     res = seeds.part_seeds("", True, [1, 2], 0)
     assert [r["k"] for r in res["rows"]] == [1, 2]

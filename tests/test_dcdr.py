@@ -56,6 +56,7 @@ def test_perm_marginal_matches_monte_carlo():
         assert abs(freq - exact) < 0.012, (p, freq, exact)
 
 
+@pytest.mark.slow
 def test_swap_kernel_permutations_and_first_step():
     n, S = 6, 5_000
     x0 = jnp.tile(jnp.arange(n, dtype=jnp.int32)[None], (S, 1))
@@ -154,6 +155,7 @@ def _random_logits_fn(n, key):
     return fn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", D.KERNELS)
 def test_generate_beam1_equals_greedy_loop(kernel):
     n, R, ts = 6, 4, 4
@@ -227,8 +229,8 @@ def test_denoiser_shapes_and_loss_finite():
     import ml_collections
 
     w = _tiny_world()
-    c = ml_collections.ConfigDict({"model": {"kernel": "token_uniform", "steps": 4, "emb_dim": 16,
-                                             "n_layers": 1, "n_heads": 2}})
+    c = ml_collections.ConfigDict({"model": {"kernel": "token_uniform", "emb_dim": 16, "n_layers": 1,
+                                             "n_heads": 2}, "diffusion": {"steps": 4}})
     D.DCDR.validate_config(c)
     model = D.DCDR(c, w)
     _, p, _ = model.init(jax.random.key(0))
@@ -323,6 +325,7 @@ def test_bayes_conditional_without_condition_is_the_prior():
         RS.bayes_conditional(w, s, obs[:, :3], 2.0)
 
 
+@pytest.mark.slow
 def test_evaluator_condition_loglik_is_a_distribution():
     import ml_collections
 
@@ -389,6 +392,7 @@ def _tiny_rerank_config(**infer):
     return c
 
 
+@pytest.mark.slow
 def test_rerank_task_end_to_end(tmp_path):
     """The launcher's rerank task on a tiny world: every row, both conditioning checks, the ideal."""
     import json

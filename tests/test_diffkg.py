@@ -77,13 +77,14 @@ def test_kg_schedule_overrides_beta0():
     np.testing.assert_allclose(np.asarray(s.alphas_cumprod), np.cumprod(1 - np.concatenate([[1e-4], b[1:]])), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_projected_reverse_norm_equals_generic_chain(np_rng):
     E = 40
     den = DiffRecDenoiser(E, (24,), emb_size=10, dropout_rate=0.5, norm=True, rngs=nnx.Rngs(params=jax.random.key(0)))
     sched = DK.kg_schedule(5, 0.1, 1e-4, 0.02)
     x0 = jnp.asarray((np_rng.random((6, E)) < 0.1).astype(np.float32))
     x0 = x0.at[0, 3].set(1.0)
-    want = samplers.diffrec_reverse(lambda x, t, c=None: den(x, t), sched, x0, sampling_steps=0,
+    want = samplers.diffrec_reverse(lambda x, t, c=None: den(x, t), sched, x0, noise_steps=0,
                                     sampling_noise=False, mean_type="x0")
     got = DK.projected_reverse_norm(den, sched, x0)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
@@ -179,6 +180,7 @@ def test_validate_config_names_fields(tmp_path, np_rng):
             DK.DiffKG.validate_config(c2)
 
 
+@pytest.mark.slow
 def test_end_to_end_through_trainer(tmp_path, np_rng):
 
     c, data = _tiny(tmp_path, np_rng)

@@ -64,6 +64,7 @@ def _tiny(**sampling):
     return cfg, data
 
 
+@pytest.mark.slow
 def test_loss_shapes_history_and_padding():
     cfg, data = _tiny()
     model = get_model(cfg, data)
@@ -80,9 +81,9 @@ def test_loss_shapes_history_and_padding():
 
 @pytest.mark.parametrize("steps", [0, 3])
 def test_projected_reverse_equals_the_generic_sampler(steps):
-    cfg, data = _tiny(steps=steps)
+    cfg, data = _tiny(noise_steps=steps)
     fast = get_model(cfg, data)
-    cfg_slow, _ = _tiny(steps=steps, fast=False)
+    cfg_slow, _ = _tiny(noise_steps=steps, fast=False)
     slow = get_model(cfg_slow, data)
     assert projected_reverse_applies(fast)
     _, params, hist = fast.init(jax.random.key(0))
@@ -95,7 +96,7 @@ def test_projected_reverse_equals_the_generic_sampler(steps):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-5)
     # and the generic path is the core's diffrec_reverse
     den = lambda xx, t, c: slow._denoise_fn(params)(xx, t)  # noqa: E731
-    c = samplers.diffrec_reverse(den, slow.schedule, x, keys, sampling_steps=steps)
+    c = samplers.diffrec_reverse(den, slow.schedule, x, keys, noise_steps=steps)
     np.testing.assert_allclose(np.asarray(b), np.asarray(c), atol=1e-6)
 
 
@@ -108,7 +109,7 @@ def test_ml1m_config_is_the_reference_setting():
     c = diffrec_ml1m.get_config()
     assert (c.optim.lr, tuple(c.model.dims), c.diffusion.steps) == (1e-3, (200, 600), 40)
     assert (c.diffusion.noise_scale, c.diffusion.noise_min, c.diffusion.noise_max) == (0.005, 0.005, 0.01)
-    assert c.diffusion.reweight and c.diffusion.mean_type == "x0" and c.sampling.steps == 0
+    assert c.diffusion.reweight and c.diffusion.mean_type == "x0" and c.sampling.noise_steps == 0
     assert c.train.batch_size == 400 and c.model.dropout == 0.5
 
 

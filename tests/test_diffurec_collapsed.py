@@ -113,6 +113,7 @@ def test_collapsed_equals_full_synthetic_every_length_through_the_32_step_chain(
     _check_equal(full, col, params, seq, widths=(L, 9, 2))
 
 
+@pytest.mark.slow
 def test_collapsed_equals_full_with_trained_like_weights_and_one_step():
     """Larger weights (a non-trivial padding row and attention), more heads and blocks."""
     L = 12
@@ -141,12 +142,14 @@ def _beauty_rows():
     return data, seq
 
 
+@pytest.mark.slow
 def test_collapsed_equals_full_on_real_beauty_histories_small_net():
     data, seq = _beauty_rows()
     full, col, params = _pair(_small_cfg(50, hidden=16), data, key=1997)
     _check_equal(full, col, params, seq, widths=(50, 12))
 
 
+@pytest.mark.slow
 def test_random_lambda_changes_only_through_the_padding():
     """With the reference's per-position draws, full histories (no pads) still match exactly and
     short ones differ by the lambda noise only (small, not zero)."""
@@ -174,6 +177,7 @@ def test_collapsed_equals_full_on_real_beauty_histories():
     _check_equal(full, col, params, seq, widths=(50, 20, 8, 2), tol=5e-4)
 
 
+@pytest.mark.slow
 def test_eval_split_collapsed_equals_full_and_plan_covers_rows():
     L = 16
     data = make_synthetic_sequences(n_users=150, n_items=40, max_len=L, mean_len=6.0)
@@ -205,6 +209,7 @@ def test_eval_split_collapsed_equals_full_and_plan_covers_rows():
             assert abs(v - b[proto][k]) < 1e-6, (proto, k, v, b[proto][k])
 
 
+@pytest.mark.slow
 def test_collapsed_training_loss_and_grads_equal_full_without_dropout():
     L = 12
     data = make_synthetic_sequences(n_users=40, n_items=30, max_len=L)
@@ -223,6 +228,7 @@ def test_collapsed_training_loss_and_grads_equal_full_without_dropout():
     chex.assert_trees_all_close(ga, gb, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_collapsed_variant_trains_end_to_end_and_resumes(tmp_path):
     cfg = seq_test.get_config("diffurec")
     cfg.data.max_len = 12

@@ -44,7 +44,7 @@ def _data(x):
 def _cfg(n_steps=5, steps=2, **fields):
     c = test_config.get_config()
     c.model.name = "flowcf"
-    c.model.n_steps = n_steps
+    c.diffusion.steps = n_steps
     c.model.dims = (16, 16)
     c.model.dropout = 0.1
     c.sampling.steps = steps
@@ -97,6 +97,7 @@ def test_interpolation_endpoints_binary_and_marginal():
     chex.assert_trees_all_equal(mixed[1::2], xd[1::2])
 
 
+@pytest.mark.slow
 def test_loss_finite_and_decreasing():
     x = _dense(n_users=64, n_items=20)
     m = _model(x)
@@ -195,13 +196,14 @@ def test_flow_sample_core():
 
 def test_validate_config_names_fields():
     x = _dense()
-    for kw, field in [({"n_steps": 0}, "n_steps"), ({"steps": 7, "n_steps": 5}, "sampling.steps"),
+    for kw, field in [({"n_steps": 0}, "diffusion.steps"), ({"steps": 7, "n_steps": 5}, "sampling.steps"),
                       ({"steps": 0}, "sampling.steps"), ({"dropout": 1.0}, "dropout"),
                       ({"dims": ()}, "dims")]:
         with pytest.raises(ValueError, match=field):
             _model(x, **kw)
 
 
+@pytest.mark.slow
 def test_flowcf_end_to_end(tmp_path):
     """The tiny test config through train_and_evaluate; beats a random scorer on test Recall@10."""
     c = _cfg(n_steps=5, steps=2)

@@ -44,6 +44,7 @@ def _cfg(**fields):
     c = test_config.get_config()
     c.model.name = "giffcf"
     c.model.embed_dim = 16
+    c.diffusion.steps = fields.pop("T", 3)
     for k, v in fields.items():
         c.model[k] = v
     return c
@@ -141,6 +142,7 @@ def test_align_init_makes_the_latent_gains_agree():
     assert 0 < n_flipped < 6  # the sign is seed-dependent without alignment
 
 
+@pytest.mark.slow
 def test_two_learning_rates_and_validation():
     x = _dense(4)
     m = _model(x, lr_mlp=1e-12)
@@ -154,7 +156,7 @@ def test_two_learning_rates_and_validation():
     upd, _ = tx.update(g, opt, params)
     assert float(jnp.abs(upd["E"]).max()) > 1e-5  # Adam's first step is ~lr in size
     assert max(float(jnp.abs(u).max()) for u in jax.tree.leaves(upd["mlp"])) < 1e-10
-    for fields, field in [({"T": 0}, "T"), ({"alpha": 0.0}, "alpha"), ({"dropout": 1.0}, "dropout"),
+    for fields, field in [({"T": 0}, "diffusion.steps"), ({"alpha": 0.0}, "alpha"), ({"dropout": 1.0}, "dropout"),
                           ({"noise_decay": 2.0}, "noise_decay"), ({"time_dim": 7}, "time_dim")]:
         with pytest.raises(ValueError, match=field):
             models.validate_config(_cfg(**fields))

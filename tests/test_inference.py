@@ -85,6 +85,7 @@ def _recall_ndcg(top, truth, ks):
 
 @pytest.mark.parametrize("name", ["diffrec", "ease", pytest.param("multvae", marks=pytest.mark.slow),
                                   pytest.param("lightgcn", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_recommend_reproduces_validation_metrics(runs, name):
     before = _snapshot(runs[name])
     rec = inference.load(runs[name])
@@ -107,6 +108,7 @@ def test_recommend_reproduces_validation_metrics(runs, name):
     assert _snapshot(runs[name]) == before  # nothing written to the run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sasrec", pytest.param("diffurec", marks=pytest.mark.slow)])
 def test_sequential_histories_reproduce_validation_hr(runs, name):
     rec = inference.load(runs[name])
@@ -141,14 +143,15 @@ def test_stochastic_sampler_same_call_same_lists(runs):
         rec.recommend([0], 5)
 
 
+@pytest.mark.slow
 def test_sampler_choice_at_call_time(runs):
     d = inference.load(runs["diffrec"])
     base = d.recommend([1, 2], 5)
-    s2 = d.recommend([1, 2], 5, sampling={"steps": 2, "noise": True}, seed=0)
-    s2b = d.recommend([1, 2], 5, sampling={"steps": 2, "noise": True}, seed=0)
+    s2 = d.recommend([1, 2], 5, sampling={"noise_steps": 2, "noise": True}, seed=0)
+    s2b = d.recommend([1, 2], 5, sampling={"noise_steps": 2, "noise": True}, seed=0)
     np.testing.assert_array_equal(s2.scores, s2b.scores)
     assert not np.allclose(s2.scores, base.scores)
-    s3 = d.recommend([1, 2], 5, sampling={"steps": 2, "noise": True}, seed=1)
+    s3 = d.recommend([1, 2], 5, sampling={"noise_steps": 2, "noise": True}, seed=1)
     assert not np.array_equal(s3.scores, s2.scores)
     with pytest.raises(inference.InferenceError, match="sampling.nope"):
         d.recommend([1], 5, sampling={"nope": 1})
@@ -295,6 +298,7 @@ def _start_server(run, port):
     raise AssertionError("server did not become healthy in 120 s")
 
 
+@pytest.mark.slow
 def test_server_answers_errors_and_restart(runs):
     pytest.importorskip("uvicorn")
     run = runs["diffrec"]
@@ -382,6 +386,7 @@ def test_dcdr_run_reproduces_its_lists(tmp_path):
         rec.rerank([0], [[1, 2, 3, 4, 5]], condition="observed")
 
 
+@pytest.mark.slow
 def test_each_replica_of_a_several_seed_run(tmp_path):
     c = _interaction_config("diffrec")
     c.num_seeds = 2

@@ -65,7 +65,7 @@ def test_the_core_imports_only_the_core():
 
 
 @pytest.mark.parametrize("layer", ["diffrec_jax.models", "diffrec_jax.data", "diffrec_jax.metrics",
-                                   "diffrec_jax.checkpointing", "diffrec_jax.safe_pickle"])
+                                   "diffrec_jax.checkpointing"])
 def test_lower_layers_never_import_training_or_above(layer):
     for name in MODULES:
         if name == layer or name.startswith(layer + "."):

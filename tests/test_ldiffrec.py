@@ -339,6 +339,7 @@ def _short(c):
         ("tdiffrec", lambda: _tw(_short(test_config.get_config()))),
     ],
 )
+@pytest.mark.slow
 def test_end_to_end(tmp_path, name, make):
     res = training.train_and_evaluate(make(), str(tmp_path))
     assert 0.0 < res["test"]["recall@20"] <= 1.0

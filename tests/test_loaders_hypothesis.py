@@ -376,7 +376,7 @@ BAD_CONFIGS = [
     ({"diffusion.noise_scale": -0.1}, "config.diffusion.noise_scale"),
     ({"diffusion.mean_type": "score"}, "config.diffusion.mean_type"),
     ({"diffusion.timestep_sampling": "random"}, "config.diffusion.timestep_sampling"),
-    ({"sampling.steps": -1}, "config.sampling.steps"),
+    ({"sampling.noise_steps": -1}, "config.sampling.noise_steps"),
     ({"data.source": "csv"}, "config.data.source"),
     ({"data.time_weights": (0.1, 0.5, 0.9)}, "config.data.time_weights"),
     ({"diffusion.noise_scale": 200.0}, "config.diffusion.noise_scale"),

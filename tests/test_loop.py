@@ -71,6 +71,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(case, tmp_path, monkeypatch):
     make_cfg, stop_at = CASES[case]
@@ -147,6 +148,7 @@ def test_selection_rounds_maximises_and_minimises_losses():
     assert not anyrule.update(rep, {"hr@10": 0.15, "ndcg@10": 0.15})
 
 
+@pytest.mark.slow
 def test_the_same_patience_stops_every_task_at_the_same_distance(tmp_path):
     """Interactions and sequences share the rule: with evaluation every epoch and patience p, the
     last epoch run is best_epoch + p - 1."""

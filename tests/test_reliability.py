@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from configs import test as test_config  # noqa: E402
 from diffrec_jax.checkpointing import CheckpointError, Checkpointer  # noqa: E402
 from diffrec_jax.data import DataError  # noqa: E402
-from diffrec_jax.safe_pickle import (  # noqa: E402
+from diffrec_jax.data.safe_pickle import (  # noqa: E402
     UnsafePickleError,
     convert_diffurec_pickle,
     safe_load,
@@ -177,6 +177,7 @@ KILL_PLANS = {
 @pytest.mark.parametrize(
     "plan_name", ["mid_write", pytest.param("seeded", marks=pytest.mark.slow)]
 )
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(finished_run, tmp_path, plan_name):
     """Kills at planned points; the reference is the uninterrupted run of ``finished_run``."""
     reference = json.loads((finished_run[0] / "results.json").read_text())
@@ -246,6 +247,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_and_matches(finished_run, tmp_path, caplog):
     """End to end: the newest step's array data is truncated; the run redoes epochs 5-6."""
     base, full = finished_run
@@ -361,6 +363,7 @@ def test_checkpointer_fallback_all_corrupt_and_resave(tmp_path, caplog):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_batch_and_last_checkpoint(tmp_path, monkeypatch):
     """The loss of global batch 9 (epoch 3, batch 1: 4 batches per epoch) is replaced by NaN."""
     real = interactions.make_train_step
@@ -390,6 +393,7 @@ def test_nan_loss_stops_with_epoch_batch_and_last_checkpoint(tmp_path, monkeypat
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_diverging_lr_stops_before_any_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"epoch 1, batch \d+.*last good checkpoint: epoch 0"):
         training.train_and_evaluate(_cfg(**{"optim.lr": 1e30}), str(tmp_path))

@@ -53,10 +53,10 @@ SAMPLERS = {
         toy_denoiser, SCHED, x, k, sampling_noise=True
     ),
     "diffrec_reverse_S3": lambda x, k, e: samplers.diffrec_reverse(
-        toy_denoiser, SCHED, x, k, sampling_steps=3
+        toy_denoiser, SCHED, x, k, noise_steps=3
     ),
     "diffrec_reverse_S3_noise": lambda x, k, e: samplers.diffrec_reverse(
-        toy_denoiser, SCHED, x, k, sampling_steps=3, sampling_noise=True
+        toy_denoiser, SCHED, x, k, noise_steps=3, sampling_noise=True
     ),
     "iterate_denoiser": lambda x, k, e: samplers.iterate_denoiser(toy_denoiser, x, T),
     "ddim_eta0": lambda x, k, e: samplers.ddim_sample(toy_denoiser, SCHED, x, num_steps=3),
@@ -161,7 +161,7 @@ STOCHASTIC = {
         toy_denoiser, SCHED, x, k, num_steps=4, eta=0.5
     ),
     "diffrec_reverse": lambda x, k: samplers.diffrec_reverse(
-        toy_denoiser, SCHED, x, k, sampling_steps=3, sampling_noise=True
+        toy_denoiser, SCHED, x, k, noise_steps=3, sampling_noise=True
     ),
     "annealed_langevin": lambda x, k: samplers.annealed_langevin(
         toy_denoiser, VE, x, k, n_steps_each=3, step_lr=1e-3, mean_type="eps"
@@ -403,7 +403,7 @@ def test_diffrec_reverse_matches_hand_loop(sched, mean_type):
 
     x0 = (np.random.default_rng(1).random((3, I)) < 0.4).astype(np.float32)
     got = jax.jit(lambda x: samplers.diffrec_reverse(den, sched, x, mean_type=mean_type))(x0)
-    # again with a key: sampling_steps = 0 and no noise never read it
+    # again with a key: noise_steps = 0 and no noise never read it
     again = samplers.diffrec_reverse(den, sched, x0, jax.random.PRNGKey(3), mean_type=mean_type)
     chex.assert_trees_all_equal(np.asarray(got), np.asarray(again))
 
@@ -431,10 +431,10 @@ def test_iterate_denoiser_matches_hand_loop():
 
 
 def test_diffrec_reverse_noised_start():
-    """sampling_steps S > 0: start from ``q_sample(x0, S - 1)``, then all T reverse steps."""
+    """noise_steps S > 0: start from ``q_sample(x0, S - 1)``, then all T reverse steps."""
     x0 = (jax.random.uniform(jax.random.PRNGKey(0), (B, D)) < 0.5).astype(jnp.float32)
     key = jax.random.PRNGKey(1)
-    got = samplers.diffrec_reverse(toy_denoiser, SCHED, x0, key, sampling_steps=4)
+    got = samplers.diffrec_reverse(toy_denoiser, SCHED, x0, key, noise_steps=4)
     keys = samplers.batch_keys(key, B)
     z = samplers.normal_per_example(keys, T, x0.shape)
     x_S = diffusion.q_sample(SCHED, x0, jnp.full((B,), 3), z)
@@ -442,7 +442,7 @@ def test_diffrec_reverse_noised_start():
     chex.assert_trees_all_close(got, want, atol=1e-6)
     plain = samplers.diffrec_reverse(toy_denoiser, SCHED, x0)
     assert not np.allclose(np.asarray(got), np.asarray(plain))
-    full = samplers.diffrec_reverse(toy_denoiser, SCHED, x0, key, sampling_steps=T)
+    full = samplers.diffrec_reverse(toy_denoiser, SCHED, x0, key, noise_steps=T)
     chex.assert_shape(full, (B, D))
 
 
@@ -450,10 +450,10 @@ def test_sampler_argument_errors():
     x = jnp.zeros((B, D))
     with pytest.raises(ValueError):
         samplers.diffrec_reverse(
-            toy_denoiser, SCHED, x, jax.random.PRNGKey(0), sampling_steps=T + 1
+            toy_denoiser, SCHED, x, jax.random.PRNGKey(0), noise_steps=T + 1
         )
     with pytest.raises(ValueError):
-        samplers.diffrec_reverse(toy_denoiser, SCHED, x, sampling_steps=2)
+        samplers.diffrec_reverse(toy_denoiser, SCHED, x, noise_steps=2)
     with pytest.raises(ValueError):
         samplers.ancestral_sample(toy_denoiser, SCHED, x)
     with pytest.raises(ValueError):

@@ -125,6 +125,7 @@ def test_dreamrec_guidance_w0_is_the_conditional_model(dreamrec):
     np.testing.assert_allclose(s0, plain, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dreamrec_sampler_batch_equals_vmap_and_fast_equals_generic(dreamrec):
     m, params, data = dreamrec
     c = jax.random.normal(jax.random.key(5), (3, 16))
@@ -150,6 +151,7 @@ def test_diffurec_schedule_matches_the_spec():
     np.testing.assert_allclose(np.asarray(s.alphas_cumprod)[[0, 8, 16]], [0.987, 0.408, 0.0346], rtol=3e-3)
 
 
+@pytest.mark.slow
 def test_diffurec_reverse_batch_equals_vmap_and_one_step_runs():
     cfg = seq_test.get_config("diffurec")
     cfg.model.hidden = 8
@@ -205,6 +207,7 @@ def test_sasrec_end_to_end_and_exact_resume(tmp_path):
         training.train_and_evaluate(bad, str(tmp_path / "bad"))
 
 
+@pytest.mark.slow
 def test_time_budget_stops_sequential_training(tmp_path):
     cfg = seq_test.get_config("sasrec")
     cfg.train.num_epochs, cfg.train.eval_every_epochs, cfg.train.time_budget_s = 3, 3, 1e-9
@@ -226,6 +229,7 @@ def test_epoch_batches_are_seeded_and_buckets_cover_every_row_once():
     assert all(np.all(bucket[ib[mb]] == b) for b, ib, mb in batches)
 
 
+@pytest.mark.slow
 def test_cold_items_analysis_runs_on_a_trained_dreamrec(tmp_path):
     import importlib.util
 
@@ -273,6 +277,7 @@ def test_dreamrec_item_init_std(tmp_path):
         models.get_model(c, data)
 
 
+@pytest.mark.slow
 def test_dreamrec_stop_target_grad():
     """With model.stop_target_grad the loss sends no gradient into a row used only as a target."""
     from configs import seq_test

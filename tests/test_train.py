@@ -43,6 +43,7 @@ def test_end_to_end_writes_results_and_metrics(tmp_path):
     assert (tmp_path / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tmp_path):
     full = training.train_and_evaluate(_cfg(), str(tmp_path / "full"))
     # "interrupted" after epoch 4, then resumed with the full budget in the same workdir
@@ -65,6 +66,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert [r["epoch"] for r in recs if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     a = training.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "a"))
     b = training.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "b"))
@@ -80,7 +82,7 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
         ({"diffusion.steps": 0}, "config.diffusion.steps"),
         ({"eval.topk": (10, 500)}, "config.eval.topk"),
         ({"train.batch_size": 0}, "config.train.batch_size"),
-        ({"sampling.steps": 99}, "config.sampling.steps"),
+        ({"sampling.noise_steps": 99}, "config.sampling.noise_steps"),
         ({"model.name": "nope"}, "config.model.name"),
         ({"eval.select_metric": "recall@50"}, "config.eval.select_metric"),
         ({"optim.lr": 0.0}, "config.optim.lr"),
@@ -91,6 +93,7 @@ def test_bad_config_refused_naming_the_field(tmp_path, overrides, field):
         training.train_and_evaluate(_cfg(**overrides), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_launcher_runs_from_the_command_line(tmp_path):
     cmd = [
         sys.executable, str(ROOT / "experiments" / "main.py"), f"--config={ROOT / 'configs' / 'test.py'}",
@@ -104,6 +107,7 @@ def test_launcher_runs_from_the_command_line(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["test"]["recall@10"] >= 0.0
 
 
+@pytest.mark.slow
 def test_k_vmapped_seeds_equal_k_separate_runs(tmp_path):
     many = training.train_and_evaluate(_cfg(**{"num_seeds": 3, "train.num_epochs": 4}), str(tmp_path / "k"))
     assert many["seeds"] == [1, 2, 3]
@@ -117,6 +121,7 @@ def test_k_vmapped_seeds_equal_k_separate_runs(tmp_path):
     assert many["test_std"]["recall@20"] == pytest.approx(np.std(r20, ddof=1))
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device(tmp_path):
     assert jax.device_count() >= 4, "tests/conftest.py forces 4 CPU devices"
     one = training.train_and_evaluate(_cfg(**{"train.num_epochs": 2}), str(tmp_path / "one"))
@@ -143,6 +148,7 @@ def test_metrics_writer_survives_a_line_cut_by_a_kill(tmp_path):
     assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
     # a budget of 1 ns is spent by the first epoch: it is evaluated (off the every-2 schedule),
     # checkpointed, and its model tested, exactly like an early stop

@@ -106,8 +106,8 @@ def load_diffurec_npz(
     """Loads DiffuRec's ``dataset.npz`` (``shared/data/diffurec/<ds>/``) as a leave-one-out split.
 
     A folder that holds only the reference's ``dataset.pkl`` (or a ``.pkl`` path) is read through
-    the restricted unpickler (:func:`diffrec_jax.safe_pickle.safe_load`: no code can run) and
-    checked by :func:`diffrec_jax.safe_pickle.diffurec_arrays`; a malformed or hostile pickle is a
+    the restricted unpickler (:func:`diffrec_jax.data.safe_pickle.safe_load`: no code can run) and
+    checked by :func:`diffrec_jax.data.safe_pickle.diffurec_arrays`; a malformed or hostile pickle is a
     :class:`DataError` naming the file.
 
     Arrays read (``allow_pickle=False``): ``train_items`` int ``[M]`` and ``train_offsets``
@@ -129,7 +129,7 @@ def load_diffurec_npz(
             raise DataError(f"{p}: no dataset.npz or dataset.pkl (DiffuRec's layout) in this folder")
         p = p / "dataset.pkl"
     if p.suffix == ".pkl":  # the reference's own file, through the restricted unpickler
-        from diffrec_jax.safe_pickle import diffurec_arrays, safe_load
+        from diffrec_jax.data.safe_pickle import diffurec_arrays, safe_load
 
         z = diffurec_arrays(safe_load(p), source=str(p))  # DataError / UnsafePickleError name the file
     else:

@@ -8,7 +8,7 @@ Faithful to the reference (``shared/specs/diffrec.md``). Quirk by quirk (spec se
 3. *Importance sampling always on, starving ``t=0``*: mimicked by default
    (``diffusion.timestep_sampling="importance"``); ``"uniform"`` switches it off.
 4. *Hard-coded input dropout 0.5*: mimicked, exposed as ``model.dropout``.
-5. *Inference always runs all ``T`` reverse steps*: mimicked (``sampling.steps`` only sets how
+5. *Inference always runs all ``T`` reverse steps*: mimicked (``sampling.noise_steps`` only sets how
    far the start point is noised).
 7. *Validation and test are the same computation*: scores are computed once and shared.
 8. *Recall denominator ``|G_u|``, averages over all users*: mimicked (``eval.average="all"``).
@@ -114,10 +114,10 @@ class DiffRec:
                 "config.diffusion.timestep_sampling must be 'uniform' or 'importance', "
                 f"got {d.timestep_sampling!r}"
             )
-        if not 0 <= config.sampling.steps <= d.steps:
+        if not 0 <= config.sampling.noise_steps <= d.steps:
             raise ValueError(
-                f"config.sampling.steps must be in [0, config.diffusion.steps={d.steps}], "
-                f"got {config.sampling.steps}"
+                f"config.sampling.noise_steps must be in [0, config.diffusion.steps={d.steps}], "
+                f"got {config.sampling.noise_steps}"
             )
         if not 0.0 <= config.model.dropout < 1.0:
             raise ValueError(f"config.model.dropout must be in [0, 1), got {config.model.dropout}")
@@ -182,10 +182,10 @@ class DiffRec:
         if self.noise_free:
             return samplers.iterate_denoiser(denoise_fn, x_BxI, self.num_steps)
         x = x_BxI
-        if self.scfg.steps > 0:  # noised start point, exactly as diffrec_reverse draws it
+        if self.scfg.noise_steps > 0:  # noised start point, exactly as diffrec_reverse draws it
             keys_B = samplers.batch_keys(key, x.shape[0])
             z = samplers.normal_per_example(keys_B, self.num_steps, x.shape, x.dtype)
-            t_B = jnp.full((x.shape[0],), self.scfg.steps - 1, jnp.int32)
+            t_B = jnp.full((x.shape[0],), self.scfg.noise_steps - 1, jnp.int32)
             x = dif.q_sample(self.schedule, x, t_B, z)
         if self.scfg.get("fast", True) and projected_reverse_applies(self):
             return projected_reverse(nnx.merge(self.graphdef, params), self.schedule, x)
@@ -194,7 +194,7 @@ class DiffRec:
             self.schedule,
             x,
             key,
-            sampling_steps=0,
+            noise_steps=0,
             sampling_noise=self.scfg.noise,
             mean_type=self.mean_type,
         )

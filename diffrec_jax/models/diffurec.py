@@ -195,8 +195,8 @@ class DiffuRec:
         self.scfg = config.sampling
         self.V = int(data.num_embeddings)
         self.L = int(data.max_len)
-        self.T = int(self.dcfg.steps)
-        self.schedule = diffurec_schedule(self.dcfg.schedule, self.T)
+        self.num_steps = int(self.dcfg.steps)
+        self.schedule = diffurec_schedule(self.dcfg.schedule, self.num_steps)
         self.lam_mean = float(self.mcfg.get("lambda_mean", 0.001))
         self.lam_std = float(self.mcfg.get("lambda_std", 0.001))
         self.mode = self.scfg.get("mode", "reverse")
@@ -261,11 +261,11 @@ class DiffuRec:
         tgt = batch["target"]
         S, mask = net.history(batch["seq"], k_emb)
         B = tgt.shape[0]
-        t_B = jax.random.randint(k_t, (B,), 0, self.T)
+        t_B = jax.random.randint(k_t, (B,), 0, self.num_steps)
         x0 = E[tgt]
         x_t = dif.q_sample(self.schedule, x0, t_B, jax.random.normal(k_eps, x0.shape))
         bias = collapsed_padding_bias(mask, self.L) if self.collapse_train else None
-        x0_hat = net.approximator(S, mask, x_t, t_B, self.T, self.lam_mean, self.lam_std, k_lam, k_drop,
+        x0_hat = net.approximator(S, mask, x_t, t_B, self.num_steps, self.lam_mean, self.lam_std, k_lam, k_drop,
                                   key_bias_BxL=bias)
         logits = x0_hat @ E.T
         loss_B = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tgt[:, None], 1)[:, 0]
@@ -287,13 +287,13 @@ class DiffuRec:
         bias = collapsed_padding_bias(mask, self.L) if self.collapse_eval else None
         if mode == "one_step":
             t0 = jnp.zeros((B,), jnp.int32)
-            return net.approximator(S, mask, jnp.zeros((B, H)), t0, self.T, self.lam_mean,
+            return net.approximator(S, mask, jnp.zeros((B, H)), t0, self.num_steps, self.lam_mean,
                                     self.lam_std, fold(lam_keys, 0), full_len=self.L, key_bias_BxL=bias)
 
         def denoise_fn(x, t_B, cond):
             S_, m_, lk, b_ = cond
             k_t = jax.vmap(jax.random.fold_in)(lk, t_B)
-            return net.approximator(S_, m_, x, t_B, self.T, self.lam_mean, self.lam_std, k_t,
+            return net.approximator(S_, m_, x, t_B, self.num_steps, self.lam_mean, self.lam_std, k_t,
                                     full_len=self.L, key_bias_BxL=b_)
 
         x_T = samplers.normal_per_example(fold(keys_B, 1), 0, (B, H))

@@ -173,9 +173,9 @@ class DreamRec:
         self.V = int(data.num_embeddings)
         self.L = int(data.max_len)
         self.pad_id = int(data.pad_id)
-        self.T = int(self.dcfg.steps)
+        self.num_steps = int(self.dcfg.steps)
         self.schedule = dreamrec_schedule(
-            self.dcfg.schedule, self.T, self.dcfg.get("beta_start", 1e-4), self.dcfg.get("beta_end", 0.02)
+            self.dcfg.schedule, self.num_steps, self.dcfg.get("beta_start", 1e-4), self.dcfg.get("beta_end", 0.02)
         )
         self.p = float(self.mcfg.get("cfg_dropout", 0.1))
         self.w = float(self.scfg.get("w", 2.0))
@@ -222,7 +222,7 @@ class DreamRec:
         B = c.shape[0]
         keep = jax.random.bernoulli(k_cfg, 1.0 - self.p, (B, 1)).astype(c.dtype)
         c = keep * c + (1.0 - keep) * net.null[...]
-        t_B = jax.random.randint(k_t, (B,), 0, self.T)
+        t_B = jax.random.randint(k_t, (B,), 0, self.num_steps)
         x_t = dif.q_sample(self.schedule, e0, t_B, jax.random.normal(k_eps, e0.shape))
         x0_hat = net.denoise(x_t, c, net.tau(t_B))
         loss_B = jnp.mean(jnp.square(e0 - x0_hat), axis=-1)
@@ -235,7 +235,7 @@ class DreamRec:
         """``(denoise_fn, guided_fn, prepare)``: the conditional denoiser ``f(x, t_B, cond)``, its CFG
         version from the core's combinator, and ``prepare(c) -> cond`` (``c W_c`` on the fast path)."""
         if fast:
-            Wx, Wc, tw_T = net.affine_parts(self.T)
+            Wx, Wc, tw_T = net.affine_parts(self.num_steps)
 
             def denoise_fn(x, t_B, cond):
                 return x @ Wx + cond + tw_T[t_B]
@@ -243,7 +243,7 @@ class DreamRec:
             null = net.null[...] @ Wc
             prepare = lambda c: c @ Wc  # noqa: E731
         else:
-            tau_T = net.tau(jnp.arange(self.T, dtype=jnp.int32))
+            tau_T = net.tau(jnp.arange(self.num_steps, dtype=jnp.int32))
 
             def denoise_fn(x, t_B, cond):
                 return net.denoise(x, cond, tau_T[t_B])

@@ -10,7 +10,7 @@ draws every item independently with its popularity,
 
 so a prior sample looks like an (average) user instead of Gaussian noise.
 
-**Discrete flow (the interpolation).** On the grid ``t_k = k / N`` (``N`` = ``model.n_steps``
+**Discrete flow (the interpolation).** On the grid ``t_k = k / N`` (``N`` = ``diffusion.steps``
 discretisation steps), with a mask ``m ~ prod_i Bernoulli(t)`` independent of ``x_0``:
 
     ``x_t = m * x_1 + (1 - m) * x_0``,
@@ -51,7 +51,7 @@ A consequence of the rounding: from an unobserved entry (``x = 0``) the step giv
 ``x1_hat`` rarely leaves ``[0, 1]``, so the state mostly stays the user's row and the scores are
 close to ``f(x~, t_{N-1})`` whatever ``s`` (``results/flowcf_ml1m`` measures it).
 
-**Hyperparameters** (the reference's ``flowcf.yaml`` for ML-1M): ``n_steps`` N = 9,
+**Hyperparameters** (the reference's ``flowcf.yaml`` for ML-1M): ``diffusion.steps`` N = 9,
 ``sampling.steps`` s = 2, ``dims`` (300, 300), ``emb_size`` 10, dropout 0.1, tanh, Adam lr 1e-3,
 no weight decay, batch 4096, up to 500 epochs, evaluation every epoch, early stopping after 10
 evaluations without improvement (their metric NDCG@10; ours validation Recall@20).
@@ -145,21 +145,21 @@ class FlowCF:
         self.mcfg = config.model
         self.scfg = config.sampling
         self.n_items = int(data.n_items)
-        self.n_steps = int(self.mcfg.get("n_steps", 9))
+        self.num_steps = int(config.diffusion.steps)
         self.prior = jnp.asarray(item_popularity(data.train))
         self.graphdef = None
 
     @staticmethod
     def validate_config(config: Any) -> None:
-        """Refuses bad ``n_steps``, ``sampling.steps``, widths or dropout, naming the field."""
+        """Refuses bad ``diffusion.steps``, ``sampling.steps``, widths or dropout, naming the field."""
         m = config.model
-        n = m.get("n_steps", 9)
+        n = config.diffusion.steps
         if int(n) != n or n < 1:
-            raise ValueError(f"config.model.n_steps must be an integer >= 1, got {n}")
+            raise ValueError(f"config.diffusion.steps must be an integer >= 1, got {n}")
         s = config.sampling.steps
         if int(s) != s or not 1 <= s <= n:
             raise ValueError(
-                f"config.sampling.steps must be an integer in [1, config.model.n_steps={n}], got {s}"
+                f"config.sampling.steps must be an integer in [1, config.diffusion.steps={n}], got {s}"
             )
         dims = tuple(m.dims)
         if not dims or min(int(d) for d in dims) < 1:
@@ -186,7 +186,7 @@ class FlowCF:
 
     def time_grid(self) -> np.ndarray:
         """``t_k = k / N``, ``k = 0..N`` (float32)."""
-        return np.linspace(0.0, 1.0, self.n_steps + 1, dtype=np.float32)
+        return np.linspace(0.0, 1.0, self.num_steps + 1, dtype=np.float32)
 
     def interpolate(self, x1_BxI, t_B, key):
         """``x_t`` for binary rows ``x1``: a fresh prior sample mixed in entry-wise with prob ``1 - t``."""
@@ -199,7 +199,7 @@ class FlowCF:
         k_t, k_x, k_drop = jax.random.split(key, 3)
         x1 = (x_BxI > 0).astype(jnp.float32)
         B = x1.shape[0]
-        t_B = jax.random.randint(k_t, (B,), 0, self.n_steps).astype(jnp.float32) / self.n_steps
+        t_B = jax.random.randint(k_t, (B,), 0, self.num_steps).astype(jnp.float32) / self.num_steps
         xt = self.interpolate(x1, t_B, k_x)
         pred = self._net(params)(xt, t_B, dropout_key=k_drop)
         loss_B = jnp.mean(jnp.square(x1 - pred), axis=-1)
@@ -211,7 +211,7 @@ class FlowCF:
         s = int(self.scfg.steps if steps is None else steps)
         net = self._net(params)
         x_obs = (x_BxI > 0).astype(jnp.float32)
-        ts = self.time_grid()[self.n_steps - s:]  # s evaluation times and the end point t = 1
+        ts = self.time_grid()[self.num_steps - s:]  # s evaluation times and the end point t = 1
 
         def predict_x1(x, t):
             return net(x, jnp.full((x.shape[0],), t, jnp.float32))

@@ -87,7 +87,6 @@ __all__ = ["GiffCF", "giffcf_adjacency", "graph_filter"]
 
 _DEFAULTS = {
     "embed_dim": 200,
-    "T": 3,
     "alpha": 1.5,
     "ideal_weight": 0.0,
     "ideal_cutoff": 200,
@@ -164,7 +163,7 @@ class GiffCF:
         self.mcfg = config.model
         self.o = {k: _get(self.mcfg, k) for k in _DEFAULTS}
         self.n_items = int(data.n_items)
-        self.T = int(self.o["T"])
+        self.num_steps = int(config.diffusion.steps)  # T of the docstring
         self.alpha = float(self.o["alpha"])
         a = giffcf_adjacency(data.train.binary(), float(self.o["ideal_weight"]), int(self.o["ideal_cutoff"]))
         self.A = jnp.asarray(a, jnp.float32)
@@ -180,11 +179,12 @@ class GiffCF:
 
     @staticmethod
     def validate_config(config: Any) -> None:
-        """Refuses bad ``T``, ``alpha``, widths, dropout, noise or decay values, naming the field."""
+        """Refuses bad ``diffusion.steps``, ``alpha``, widths, dropout, noise or decay values, naming
+        the field."""
         m = config.model
-        T = _get(m, "T")
+        T = config.diffusion.steps
         if int(T) != T or T < 1:
-            raise ValueError(f"config.model.T must be an integer >= 1, got {T}")
+            raise ValueError(f"config.diffusion.steps must be an integer >= 1, got {T}")
         for f in ("embed_dim", "time_dim", "ideal_cutoff"):
             v = _get(m, f)
             if int(v) != v or v < 1:
@@ -234,7 +234,7 @@ class GiffCF:
         ``g_mid g_c > 0`` lets co-occurring items score higher.
         """
         mlp = params["mlp"]
-        t_B = jnp.arange(1, self.T + 1)
+        t_B = jnp.arange(1, self.num_steps + 1)
         e1 = self._time_embed(mlp["t1"], t_B)
         e2 = self._time_embed(mlp["t2"], t_B)
         zero = jnp.zeros_like(e1)
@@ -293,7 +293,7 @@ class GiffCF:
 
     def forward_filter(self, x_BxI, t):
         """``F_t(x)``: the forward process at step ``t`` (scalar or ``[B]``)."""
-        return graph_filter(x_BxI, self.smooth(x_BxI), t, self.T, self.alpha)
+        return graph_filter(x_BxI, self.smooth(x_BxI), t, self.num_steps, self.alpha)
 
     # ------------------------------------------------------------------------------------------
     # Trainer contract
@@ -324,10 +324,10 @@ class GiffCF:
         """
         k_t, k_drop, k_eps = jax.random.split(key, 3)
         B = x_BxI.shape[0]
-        t_B = jax.random.randint(k_t, (B,), 1, self.T + 1)
-        z = graph_filter(x_BxI, self._xa(x_BxI, user_ids_B), t_B, self.T, self.alpha)
+        t_B = jax.random.randint(k_t, (B,), 1, self.num_steps + 1)
+        z = graph_filter(x_BxI, self._xa(x_BxI, user_ids_B), t_B, self.num_steps, self.alpha)
         if float(self.o["noise_scale"]) > 0:
-            sigma = float(self.o["noise_scale"]) * float(self.o["noise_decay"]) ** (self.T - t_B)
+            sigma = float(self.o["noise_scale"]) * float(self.o["noise_decay"]) ** (self.num_steps - t_B)
             z = z + sigma[:, None] * jax.random.normal(k_eps, z.shape)
         p = float(self.o["dropout"])
         if p > 0:
@@ -344,15 +344,15 @@ class GiffCF:
         """The reverse process: alternate denoiser calls and graph-filter steps from ``F_T(x)``."""
         del model_state, key
         xa = self._xa(x_BxI, user_ids_B)
-        z_T = graph_filter(x_BxI, xa, self.T, self.T, self.alpha)
+        z_T = graph_filter(x_BxI, xa, self.num_steps, self.num_steps, self.alpha)
 
         def denoise_fn(z, t_B, cond):
             return self.denoise(params, z, x_BxI, xa, t_B)
 
         def degrade_fn(x, t_B, cond):
-            return graph_filter(x, self.smooth(x), t_B, self.T, self.alpha)
+            return graph_filter(x, self.smooth(x), t_B, self.num_steps, self.alpha)
 
-        ts = np.arange(self.T, -1, -1)
+        ts = np.arange(self.num_steps, -1, -1)
         return samplers.cold_sample(
             denoise_fn, degrade_fn, z_T, ts, decay=float(self.o["noise_decay"])
         )

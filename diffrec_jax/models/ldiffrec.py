@@ -586,7 +586,7 @@ class LDiffRec:
                 self.schedule,
                 mu,
                 key,
-                sampling_steps=self.scfg.steps,
+                noise_steps=self.scfg.noise_steps,
                 sampling_noise=self.scfg.noise,
                 mean_type=self.mean_type,
             )

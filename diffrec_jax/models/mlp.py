@@ -14,12 +14,14 @@ _ACTIVATIONS = {
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
     "leaky_relu": jax.nn.leaky_relu,
-    "gelu": jax.nn.gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact (erf), as torch.nn.GELU()
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # the tanh approximation
 }
 
 
 def activation(name: str):
-    """Looks up an activation by name (``tanh``, ``relu``, ``sigmoid``, ``leaky_relu``, ``gelu``)."""
+    """Looks up an activation by name (``tanh``, ``relu``, ``sigmoid``, ``leaky_relu``, ``gelu``
+    (exact), ``gelu_tanh`` (tanh approximation)); the one table every model uses."""
     try:
         return _ACTIVATIONS[name]
     except KeyError:

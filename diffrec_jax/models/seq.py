@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from diffrec_jax.models.mlp import activation
+
 NEG_INF = -(2.0**32) + 1.0  # the masking constant of the SASRec-style reference
 
 
@@ -123,13 +125,6 @@ def last_index(len_B: jnp.ndarray, max_len: int, pad_side: str) -> jnp.ndarray:
     if pad_side == "left":
         return jnp.full(len_B.shape, max_len - 1, jnp.int32)
     return jnp.maximum(len_B - 1, 0).astype(jnp.int32)
-
-
-_ACTS = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +264,7 @@ class PreNormBlock(nnx.Module):
         w, v = self.attn(self.q(hqn), k, v, mask_BxL, qpos, qmask, key, key_bias_BxL)
         att = self.o(self.attn.combine(w, v, fold(key, 1)))
         hq = hq + dropout(att, self.rate, fold(key, 2))
-        f = self.w2(dropout(_ACTS[self.act](self.w1(self.ln_ffn(hq))), self.rate, fold(key, 3)))
+        f = self.w2(dropout(activation(self.act)(self.w1(self.ln_ffn(hq))), self.rate, fold(key, 3)))
         hq = hq + dropout(f, self.rate, fold(key, 4))
         return dropout(hq, self.rate, fold(key, 5))
 
@@ -332,8 +327,7 @@ class TransformerEncoder(nnx.Module):
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        if act not in _ACTS:
-            raise ValueError(f"act must be one of {sorted(_ACTS)}, got {act!r}")
+        activation(act)  # refuses an unknown name, listing the known ones
         self.dim, self.max_len, self.style = dim, max_len, style
         self.dropout_rate, self.emb_dropout = float(dropout_rate), float(emb_dropout)
         self.zero_pad_inputs = zero_pad_inputs

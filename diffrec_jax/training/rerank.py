@@ -362,30 +362,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
     stage_kw = {"valid": va if tcfg.get("select_on_valid", True) else None, "batch_size": int(tcfg.batch_size),
                 "lr": float(tcfg.lr), "weight_decay": float(tcfg.get("weight_decay", 0.0)),
                 "patience_epochs": int(tcfg.get("patience_epochs", 0))}
-    # 1. list-wise evaluator
-    ev = dcdr.ListEvaluator(config, world)
-    _, ep0, _ = ev.init(jax.random.key(seed * 1000 + 1))
-    t0 = time.perf_counter()
-    ep, _ = train_stage(
-        "evaluator", lambda p, a, i, mk, k: ev.loss(p, context(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
-        ep0, tr, workdir, epochs=int(tcfg.evaluator_epochs), seed=seed * 1000 + 11, **stage_kw)
-    timings["evaluator_train_s"] = time.perf_counter() - t0
-    # 2. point-wise reranker
-    pw = dcdr.PointwiseRanker(config, world)
-    _, pp0, _ = pw.init(jax.random.key(seed * 1000 + 2))
-    t0 = time.perf_counter()
-    pp, _ = train_stage(
-        "pointwise", lambda p, a, i, mk, k: pw.loss(p, context(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k),
-        pp0, tr, workdir, epochs=int(tcfg.pointwise_epochs), seed=seed * 1000 + 12, **stage_kw)
-    timings["pointwise_train_s"] = time.perf_counter() - t0
-    # 3. DCDR denoiser
-    model = dcdr.DCDR(config, world)
-    _, dp0, _ = model.init(jax.random.key(seed * 1000 + 3))
-    t0 = time.perf_counter()
-    dp, dl = train_stage(
-        "dcdr", lambda p, a, i, mk, k: model.loss(p, context(a, i), a["logged"][i], a["codes"][i], mk, k),
-        dp0, tr, workdir, epochs=int(tcfg.num_epochs), seed=seed * 1000 + 13, **stage_kw)
-    timings["dcdr_train_s"] = time.perf_counter() - t0
+    ev, pw, model = dcdr.ListEvaluator(config, world), dcdr.PointwiseRanker(config, world), dcdr.DCDR(config, world)
+
+    def click_loss(m):  # the evaluator's and the point-wise model's loss on the logged lists
+        return lambda p, a, i, mk, k: m.loss(p, context(a, i), a["logged"][i], a["clicks"][i], a["likes"][i], mk, k)
+
+    # 1. list-wise evaluator, 2. point-wise reranker, 3. DCDR denoiser: (name, model, loss, epochs)
+    stages = [("evaluator", ev, click_loss(ev), tcfg.evaluator_epochs),
+              ("pointwise", pw, click_loss(pw), tcfg.pointwise_epochs),
+              ("dcdr", model, lambda p, a, i, mk, k: model.loss(p, context(a, i), a["logged"][i], a["codes"][i], mk, k),
+               tcfg.num_epochs)]
+    trained = {}
+    for i, (name, m, loss_fn, epochs) in enumerate(stages, start=1):
+        _, params0, _ = m.init(jax.random.key(seed * 1000 + i))
+        t0 = time.perf_counter()
+        trained[name] = train_stage(name, loss_fn, params0, tr, workdir, epochs=int(epochs), seed=seed * 1000 + 10 + i,
+                                    **stage_kw)
+        timings[f"{name}_train_s"] = time.perf_counter() - t0
+    (ep, _), (pp, _), (dp, dl) = trained["evaluator"], trained["pointwise"], trained["dcdr"]
     # the trained generator and evaluator, for diffrec_jax.inference (list generation on request)
     best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
     try:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffrec_jax import metrics as M
+from diffrec_jax import metrics
 from diffrec_jax import models, samplers, schedules
 
 from .common import (
@@ -194,7 +194,7 @@ def eval_steps(model, params, model_state, data, *, ns: Sequence[int] = STEP_COU
         if timed_repeats > 0:  # the first pass (metrics) was a warm-up: time the repeats instead
             t = float(np.median(time_repeats(passes, timed_repeats, warmup=0)))
         return {
-            "test": M.finalize(acc_t, U, average), "valid": M.finalize(acc_v, U, average),
+            "test": metrics.finalize(acc_t, U, average), "valid": metrics.finalize(acc_v, U, average),
             "eval_s": t, "compile_s": c_s, "gflop": flops * eidx.shape[0] / 1e9,
         }
 

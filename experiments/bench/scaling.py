@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffrec_jax import metrics as M
+from diffrec_jax import metrics
 from diffrec_jax import models
 
 from .common import (
@@ -144,7 +144,7 @@ def make_sparse_eval_step(model, n_items: int, k: int, chunk_size: int):
         keys = jax.random.split(key, idx_B.shape[0])
         scores = model.score(params, model_state, x, keys)
         chunk = chunk_size if n_items > chunk_size else None
-        return M.topk_indices(M.mask_scores(scores, x), k, chunk_size=chunk)
+        return metrics.topk_indices(metrics.mask_scores(scores, x), k, chunk_size=chunk)
 
     return jax.jit(step)
 

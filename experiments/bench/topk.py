@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffrec_jax import metrics as M
+from diffrec_jax import metrics
 
 from .common import MB, block, time_repeats
 
@@ -93,7 +93,7 @@ def bench_topk_size(n_items: int, *, batch: int, k: int, chunks: Sequence[int], 
     exact = measure("lax_top_k", lambda s: jax.lax.top_k(s, k)[1], scores)
     for c in chunks:
         if c < n_items:
-            got = measure(f"chunked_{c}", lambda s, c=c: M.topk_indices(s, k, chunk_size=c), scores)
+            got = measure(f"chunked_{c}", lambda s, c=c: metrics.topk_indices(s, k, chunk_size=c), scores)
             row[f"chunked_{c}_exact"] = bool(np.array_equal(np.sort(got, 1), np.sort(exact, 1)))
     approx_fn = lambda s: jax.lax.approx_max_k(s, k, recall_target=recall_target)[1]  # noqa: E731
     approx = measure("approx_max_k", approx_fn, scores)

@@ -40,15 +40,15 @@ class DCDR:
     """The conditional denoiser ``p_theta(x_0 | x_t, t, u, C, c)`` with pointer outputs, its loss
     and the reverse process (module docstring).
 
-    Config (``config.model``): ``kernel`` (:data:`KERNELS`), ``steps`` (T), ``schedule``
-    (linear | cosine), ``beta_min``, ``beta_max``, ``n_swaps_max``, ``emb_dim``, ``n_layers``,
-    ``n_heads``, ``dropout``, ``cond_dropout``.
+    Config: ``config.diffusion``: ``steps`` (T), ``schedule`` (linear | cosine), ``beta_min``,
+    ``beta_max``; ``config.model``: ``kernel`` (:data:`KERNELS`), ``n_swaps_max``, ``emb_dim``,
+    ``n_layers``, ``n_heads``, ``dropout``, ``cond_dropout``.
     """
 
     name = "dcdr"
-    DEFAULTS = {"kernel": "perm_uniform", "steps": 10, "schedule": "linear", "beta_min": 0.05,
-                "beta_max": 0.3, "n_swaps_max": 1, "emb_dim": 64, "n_layers": 2, "n_heads": 4,
+    DEFAULTS = {"kernel": "perm_uniform", "n_swaps_max": 1, "emb_dim": 64, "n_layers": 2, "n_heads": 4,
                 "dropout": 0.1, "cond_dropout": 0.1}
+    DIFFUSION = {"steps": 10, "schedule": "linear", "beta_min": 0.05, "beta_max": 0.3}  # config.diffusion
 
     def __init__(self, config: Any, world: Any):
         m = config.model
@@ -57,8 +57,9 @@ class DCDR:
         if self.kernel not in KERNELS:
             raise ValueError(f"config.model.kernel must be one of {KERNELS}, got {self.kernel!r}")
         self.sizes = world_sizes(world)
-        self.sched = make_discrete_schedule(int(g("steps")), g("schedule"), float(g("beta_min")),
-                                            float(g("beta_max")))
+        d = lambda f: config_get(config.get("diffusion", {}), f, self.DIFFUSION[f])  # noqa: E731
+        self.sched = make_discrete_schedule(int(d("steps")), d("schedule"), float(d("beta_min")),
+                                            float(d("beta_max")))
         self.n_swaps_max = int(g("n_swaps_max"))
         self.d = int(g("emb_dim"))
         self.n_layers = int(g("n_layers"))
@@ -78,7 +79,10 @@ class DCDR:
         k = config_get(m, "kernel", DCDR.DEFAULTS["kernel"])
         if k not in KERNELS:
             raise ValueError(f"config.model.kernel must be one of {KERNELS}, got {k!r}")
-        for f in ("steps", "emb_dim", "n_layers", "n_heads", "n_swaps_max"):
+        steps = config_get(config.get("diffusion", {}), "steps", DCDR.DIFFUSION["steps"])
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"config.diffusion.steps must be an integer >= 1, got {steps}")
+        for f in ("emb_dim", "n_layers", "n_heads", "n_swaps_max"):
             v = config_get(m, f, DCDR.DEFAULTS[f])
             if int(v) != v or v < 1:
                 raise ValueError(f"config.model.{f} must be an integer >= 1, got {v}")

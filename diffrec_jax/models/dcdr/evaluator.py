@@ -112,14 +112,14 @@ class ListEvaluator:
         """Item term ``MLP(x_k + u)`` plus the summed influence of every earlier item,
         ``sum_{j<k} MLP([x_j, x_k, pos(k - j), 1[cat_j = cat_k]])``, ``[B, n, 2]``."""
         B, n, d = x.shape
-        item = dense(params["item2"], dropout(jax.nn.gelu(dense(params["item1"], x + u[:, None])), self.rate, key))
+        item = dense(params["item2"], dropout(jax.nn.gelu(dense(params["item1"], x + u[:, None]), approximate=True), self.rate, key))
         j, k = jnp.meshgrid(jnp.arange(n), jnp.arange(n), indexing="ij")  # [n, n]: (j, k)
         dist = params["dist"][jnp.clip(k - j, 0, n - 1)]  # [n, n, d]
         same = (cats[:, :, None] == cats[:, None, :]).astype(jnp.float32)[..., None]  # [B, j, k, 1]
         feats = jnp.concatenate([jnp.broadcast_to(x[:, :, None], (B, n, n, d)),
                                  jnp.broadcast_to(x[:, None, :], (B, n, n, d)),
                                  jnp.broadcast_to(dist[None], (B, n, n, d)), same], -1)
-        pair = dense(params["pair2"], jax.nn.gelu(dense(params["pair1"], feats)))  # [B, j, k, 2]
+        pair = dense(params["pair2"], jax.nn.gelu(dense(params["pair1"], feats), approximate=True))  # [B, j, k, 2]
         before = (j < k).astype(jnp.float32)[None, :, :, None]
         return item + jnp.sum(pair * before, 1)
 

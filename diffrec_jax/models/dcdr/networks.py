@@ -101,7 +101,7 @@ def transformer(p: dict, h_BxSxD: jnp.ndarray, n_heads: int, rate: float = 0.0,
         o = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(B, S, D)
         h = h + dropout(dense(blk["o"], o), rate, ka)
         x = _ln(blk["ln2"], h)
-        h = h + dropout(dense(blk["f2"], jax.nn.gelu(dense(blk["f1"], x))), rate, kb)
+        h = h + dropout(dense(blk["f2"], jax.nn.gelu(dense(blk["f1"], x), approximate=True)), rate, kb)
     return _ln(p["ln_f"], h)
 
 

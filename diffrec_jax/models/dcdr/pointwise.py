@@ -49,7 +49,7 @@ class PointwiseRanker:
         u, c = embed(params["emb"], self.item_cat, ctx, self.use_ids, self.use_rank)
         uu = jnp.broadcast_to(u[:, None], c.shape)
         f = jnp.concatenate([uu, c, uu * c], -1)
-        h = dropout(jax.nn.gelu(dense(params["h1"], f)), self.rate, key)
+        h = dropout(jax.nn.gelu(dense(params["h1"], f), approximate=True), self.rate, key)
         out = dense(params["h2"], h)[..., 0] + jnp.sum(uu * c, -1)
         return out + params["item_bias"][ctx.cands] if self.use_ids else out
 

@@ -50,7 +50,8 @@ from bench.common import REFERENCE_SPEED, machine_load, xla_flops  # noqa: E402
 from configs import diffurec_beauty  # noqa: E402
 from diffrec_jax import models  # noqa: E402
 from diffrec_jax.data import load  # noqa: E402
-from diffrec_jax.training import batching, sequences  # noqa: E402
+from diffrec_jax import batching  # noqa: E402
+from diffrec_jax.training import sequences  # noqa: E402
 from diffrec_jax.training.optim import make_optimizer  # noqa: E402
 from diffrec_jax.training.steps import init_state  # noqa: E402
 from diffrec_jax.data.sequences import SeqSplit  # noqa: E402

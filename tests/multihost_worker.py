@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-from diffrec_jax import training  # noqa: E402
 
 if __name__ == "__main__":
     pid, nproc, port, workdir, epochs = sys.argv[1:6]
@@ -23,6 +22,7 @@ if __name__ == "__main__":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", num_processes=int(nproc), process_id=int(pid))
     from configs import test as test_config
+    from diffrec_jax import training
 
     c = test_config.get_config()
     c.train.num_devices, c.num_seeds, c.train.num_epochs = 0, 2, int(epochs)

@@ -23,7 +23,7 @@ from diffrec_jax.models import dreamrec as DR  # noqa: E402
 from diffrec_jax.models.seq import TransformerEncoder  # noqa: E402
 from diffrec_jax import training  # noqa: E402
 from diffrec_jax.data import load as load_data  # noqa: E402
-from diffrec_jax.training import batching  # noqa: E402
+from diffrec_jax import batching  # noqa: E402
 from diffrec_jax.training import sequences  # noqa: E402
 from diffrec_jax import models  # noqa: E402
 

@@ -77,6 +77,7 @@ from flax import nnx
 
 from diffrec_jax import diffusion as dif
 from diffrec_jax import schedules
+from diffrec_jax.batching import padded_batches
 from diffrec_jax.data import kg as kg_data
 from diffrec_jax.models.lightgcn import LightGCN, sample_bpr_triples
 from diffrec_jax.models.mlp import DiffRecDenoiser, activation, timestep_embedding
@@ -583,12 +584,7 @@ class DiffKG:
         iu = jax.lax.stop_gradient(self.item_users(rec["user"]))
         ent = jax.lax.stop_gradient(rec["entity"])
         losses = []
-        for b, s in enumerate(range(0, len(order), bs)):
-            rows = order[s : s + bs]
-            mask = np.ones(bs, bool)
-            if len(rows) < bs:
-                mask[len(rows):] = False
-                rows = np.concatenate([rows, np.zeros(bs - len(rows), rows.dtype)])
+        for b, (rows, mask) in enumerate(zip(*padded_batches(order, bs))):
             x0 = jnp.asarray(self.kg.adjacency_rows(rows))
             dparams, opt_d, loss, _ = self._diff_step(dparams, opt_d, x0, jnp.asarray(rows, jnp.int32),
                                                       jnp.asarray(mask), iu, ent, jax.random.fold_in(key, b))
@@ -608,12 +604,7 @@ class DiffKG:
         bs = min(int(self.config.train.batch_size), self.U)
         x_train = self.data.train.binary()
         losses = []
-        for b, s in enumerate(range(0, len(order), bs)):
-            users = order[s : s + bs]
-            mask = np.ones(bs, bool)
-            if len(users) < bs:
-                mask[len(users):] = False
-                users = np.concatenate([users, np.zeros(bs - len(users), users.dtype)])
+        for b, (users, mask) in enumerate(zip(*padded_batches(order, bs))):
             x = jnp.asarray(x_train.to_dense(users))
             rec, opt_r, loss, _ = self._rec_step(rec, opt_r, x, jnp.asarray(users, jnp.int32),
                                                  jnp.asarray(mask), main_e, aux_e, jax.random.fold_in(key, b))

@@ -10,7 +10,7 @@ names, on the data ``config.data`` describes, and writes the run directory: ``co
 * ``rerank`` (:mod:`~diffrec_jax.training.rerank`): DCDR on the synthetic reranking world.
 
 Shared pieces: :mod:`~diffrec_jax.training.steps` (train state, the one update step),
-:mod:`~diffrec_jax.training.batching`, :mod:`~diffrec_jax.training.optim`,
+:mod:`~diffrec_jax.batching` (shared with models), :mod:`~diffrec_jax.training.optim`,
 :mod:`~diffrec_jax.training.mesh`, :mod:`~diffrec_jax.training.io`.
 """
 

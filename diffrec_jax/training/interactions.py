@@ -30,7 +30,7 @@ import numpy as np
 from diffrec_jax import metrics
 from diffrec_jax.data import InteractionData
 from diffrec_jax.models import count_params
-from diffrec_jax.training.batching import epoch_batches, padded_batches
+from diffrec_jax.batching import epoch_batches, padded_batches
 from diffrec_jax.training.mesh import make_mesh, shardings, to_global
 from diffrec_jax.training.optim import make_optimizer
 from diffrec_jax.training.steps import TrainState, init_state, make_update

@@ -47,7 +47,7 @@ from diffrec_jax.data import load as load_data
 from diffrec_jax.data import rerank_synthetic as world_lib
 from diffrec_jax.models import count_params, dcdr
 from diffrec_jax.training import loop
-from diffrec_jax.training.batching import epoch_batches
+from diffrec_jax.batching import epoch_batches
 from diffrec_jax.training.io import save_config, write_json
 from diffrec_jax.training.optim import make_optimizer
 from diffrec_jax.training.steps import TrainState, make_update

@@ -40,7 +40,7 @@ from diffrec_jax import metrics
 from diffrec_jax import models
 from diffrec_jax.checkpointing import Checkpointer
 from diffrec_jax.data.sequences import SequenceData, SeqSplit
-from diffrec_jax.training.batching import (bucketed_epoch_batches, epoch_batches, length_buckets,
+from diffrec_jax.batching import (bucketed_epoch_batches, epoch_batches, length_buckets,
                                            padded_batches, steps_per_epoch)
 from diffrec_jax.training.optim import make_optimizer
 from diffrec_jax.training.steps import init_state, make_update

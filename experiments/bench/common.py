@@ -23,7 +23,7 @@ from diffrec_jax.data import load_diffrec_npy, make_synthetic
 # one-place change. The parts import them from this module.
 from diffrec_jax.cli import override  # noqa: F401  (re-exported to the parts)
 from diffrec_jax.training import train_and_evaluate  # noqa: F401
-from diffrec_jax.training.batching import padded_batches  # noqa: F401
+from diffrec_jax.batching import padded_batches  # noqa: F401
 from diffrec_jax.training.interactions import DeviceData, make_eval_step, make_train_step  # noqa: F401
 from diffrec_jax.training.optim import make_optimizer  # noqa: F401
 from diffrec_jax.training.steps import TrainState, init_state  # noqa: F401

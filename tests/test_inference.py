@@ -200,11 +200,6 @@ def test_bad_input_is_refused_naming_the_run(runs, tmp_path):
         with pytest.raises(inference.InferenceError, match=msg) as e:
             fn()
         assert run in str(e.value)
-    seq = inference.load(runs["sasrec"])
-    with pytest.raises(inference.InferenceError, match="empty"):
-        seq.recommend_histories([[]], 5)
-    with pytest.raises(inference.InferenceError, match="unknown item"):
-        seq.recommend_histories([[0]], 5)  # 0 is the padding id, not an item
     # a run without a checkpoint, a checkpoint that does not match, no run at all
     bare = tmp_path / "bare"
     shutil.copytree(run, bare)
@@ -231,6 +226,16 @@ def test_bad_input_is_refused_naming_the_run(runs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(inference.InferenceError, match="no config.json"):
         inference.load(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_bad_sequential_histories_are_refused(runs):
+    seq = inference.load(runs["sasrec"])
+    with pytest.raises(inference.InferenceError, match="empty") as e:
+        seq.recommend_histories([[]], 5)
+    assert runs["sasrec"] in str(e.value)
+    with pytest.raises(inference.InferenceError, match="unknown item"):
+        seq.recommend_histories([[0]], 5)  # 0 is the padding id, not an item
 
 
 @pytest.mark.slow

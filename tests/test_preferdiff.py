@@ -187,6 +187,7 @@ def test_validate_config_names_the_field(field, value):
         models.validate_config(c)
 
 
+@pytest.mark.slow
 def test_end_to_end_beats_popularity(tmp_path):
     c = _config()
     c.model.hidden = 32

@@ -185,6 +185,7 @@ def test_target_rank_equals_the_position_in_top_k():
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_sasrec_end_to_end_and_exact_resume(tmp_path):
     cfg = seq_test.get_config("sasrec")
     cfg.train.num_epochs = 2

@@ -9,11 +9,11 @@ over T = 2000, condition dropout 0.1, one causal block with 2 heads, dropout 0.1
 10, batch 256, Adam lr 1e-4 without weight decay, evaluation every epoch, patience 10 evaluations.
 
 Deviations, all for a 2-core CPU or for this harness: ``hidden`` 64 instead of the paper's 3,072
-(SASRec's width in this harness; the search over widths on validation is not yet run, see issue 18); no 10,000-step
-warm-up (the library's optimizer has none) and no gradient clipping (the reference clips at 1.0;
-``optim.grad_clip`` here); model selection on validation NDCG@10 (the reference uses Recall@5)
-and test once at the end on the selected parameters, as SASRec and DiffuRec in this harness;
-DiffuRec's leave-one-out split instead of the paper's own Beauty files.
+(SASRec's width in this harness; the search over widths on validation is not yet run, see issue
+18); no 10,000-step warm-up (the library's optimizer has none) and no gradient clipping (the
+reference clips at 1.0; ``optim.grad_clip`` here); model selection on validation NDCG@10 (the
+reference uses Recall@5) and test once at the end on the selected parameters, as SASRec and
+DiffuRec in this harness; DiffuRec's leave-one-out split instead of the paper's own Beauty files.
 """
 
 import os
